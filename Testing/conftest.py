@@ -1,0 +1,22 @@
+"""Shared pytest setup: import path, the real test images, and small model folders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "TotalSegmentator"))
+sys.path.insert(0, str(ROOT / "Testing"))
+
+DATA_DIR = ROOT.parent / "shared" / "data" / "totalsegmentator-tests"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real CT/MR images and official outputs shipped beside the checkout."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"test data folder {DATA_DIR} is missing")
+    return DATA_DIR

@@ -1,0 +1,199 @@
+"""Run one nnU-Net v2 model on an in-memory image, the way TotalSegmentator runs it.
+
+The network is built from ``plans.json`` and handed to ``nnUNetPredictor.manual_initialization``:
+nnU-Net's trainer-class lookup would import every trainer module (and through them timm and
+torchvision), which is slow everywhere and fails with CPU-only torch builds. Preprocessing,
+the Gaussian-weighted sliding window (no mirroring) and the export back to the input shape are
+nnU-Net's own functions, so the result equals ``nnUNetv2_predict`` on the same image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from . import geometry
+from .errors import CancelledError, TotalSegmentatorError
+from .progress import ProgressCallback, ProgressEvent, ignore_progress
+
+CHECKPOINT = "checkpoint_final.pth"
+
+
+def select_device(requested: str = "gpu"):
+    """Map a user device string (auto, gpu, gpu:N, cuda, cuda:N, cpu, mps) to a torch.device.
+
+    A GPU request on a machine without one falls back to the CPU with a warning, as the official
+    tool does; a malformed string raises with the valid forms.
+    """
+    import torch
+
+    text = (requested or "auto").strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise TotalSegmentatorError("Device 'mps' was requested but Apple MPS is not available here.")
+        return torch.device("mps")
+    if text in ("auto", "gpu", "cuda") or text.startswith(("gpu:", "cuda:")):
+        index = _device_index(text)
+        if not torch.cuda.is_available():
+            if text != "auto":
+                warnings.warn("No GPU detected, running on the CPU. This can be slow; --fast helps.", stacklevel=2)
+            return torch.device("cpu")
+        if index >= torch.cuda.device_count():
+            raise TotalSegmentatorError(
+                f"GPU {index} was requested but only {torch.cuda.device_count()} GPU(s) are present.")
+        return torch.device(f"cuda:{index}")
+    raise TotalSegmentatorError(f"Unknown device '{requested}'. Use one of: auto, gpu, gpu:N, cpu, mps.")
+
+
+def _device_index(text: str) -> int:
+    if ":" not in text:
+        return 0
+    try:
+        return int(text.split(":", 1)[1])
+    except ValueError as err:
+        raise TotalSegmentatorError(f"Unknown device '{text}'. Use one of: auto, gpu, gpu:N, cpu, mps.") from err
+
+
+def configure_threads(device) -> None:
+    """All cores for CPU inference, one for GPU runs (as nnUNetv2_predict does in TotalSegmentator)."""
+    import torch
+
+    torch.set_num_threads((os.cpu_count() or 1) if device.type == "cpu" else 1)
+
+
+class ModelRunner:
+    """One loaded model (all its folds), reusable for several images within a run."""
+
+    def __init__(self, model_dir: Path, folds: Optional[Sequence[int]], device, tile_step_size: float,
+                 configuration: Optional[str] = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.tile_step_size = tile_step_size
+        self.folds = list(folds) if folds is not None else _available_folds(self.model_dir)
+        self._predictor = self._build(configuration)
+
+    @property
+    def num_input_channels(self) -> int:
+        return self._num_input_channels
+
+    def _build(self, configuration: Optional[str]):
+        import torch
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text()))
+        dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
+        checkpoints = [self._load_checkpoint(fold, torch) for fold in self.folds]
+        first = checkpoints[0]
+        configuration = configuration or first["init_args"]["configuration"]
+        config_manager = plans_manager.get_configuration(configuration)
+        self._num_input_channels = determine_num_input_channels(plans_manager, config_manager, dataset_json)
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        network = get_network_from_plans(
+            config_manager.network_arch_class_name, config_manager.network_arch_init_kwargs,
+            config_manager.network_arch_init_kwargs_req_import, self._num_input_channels, num_outputs,
+            allow_init=False, deep_supervision=False)
+        parameters = [c["network_weights"] for c in checkpoints]
+        network.load_state_dict(parameters[0])
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a CPU notice on stdout
+            predictor = _ProgressPredictor(tile_step_size=self.tile_step_size, use_gaussian=True, use_mirroring=False,
+                                           perform_everything_on_device=self.device.type == "cuda",
+                                           device=self.device, verbose=False, verbose_preprocessing=False,
+                                           allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, config_manager, parameters, dataset_json,
+                                        first.get("trainer_name", ""), None)
+        return predictor
+
+    def _load_checkpoint(self, fold: int, torch) -> dict:
+        path = self.model_dir / f"fold_{fold}" / CHECKPOINT
+        if not path.is_file():
+            raise TotalSegmentatorError(f"Model file {path} is missing; re-import or re-download these weights.")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated or foreign file: say which one
+            raise TotalSegmentatorError(f"Could not read model file {path}: {err}. Re-download it.") from err
+
+    def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
+                on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Label map (x, y, z, uint8) for (x, y, z) input channels at the given spacing."""
+        image = geometry.to_nnunet(channels, spacing_xyz)
+        self._predictor.on_tile = on_tile
+        try:
+            labels = self._predictor.predict_single_npy_array(image.data, {"spacing": list(image.spacing_zyx)},
+                                                              None, None, False)
+        finally:
+            self._predictor.on_tile = None
+        return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
+
+
+def _available_folds(model_dir: Path) -> list[int]:
+    folds = sorted(int(p.name.split("_")[1]) for p in model_dir.glob("fold_*")
+                   if p.name.split("_")[1].isdigit() and (p / CHECKPOINT).is_file())
+    if not folds:
+        raise TotalSegmentatorError(f"No fold_N/{CHECKPOINT} found in {model_dir}.")
+    return folds
+
+
+def _make_progress_predictor():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class ProgressPredictor(nnUNetPredictor):
+        """nnUNetPredictor that reports each sliding-window tile (and lets the caller cancel)."""
+
+        on_tile: Optional[Callable[[int, int], None]] = None
+
+        def _internal_get_sliding_window_slicers(self, image_size):
+            slicers = super()._internal_get_sliding_window_slicers(image_size)
+            self._tiles_total = len(slicers) * max(1, len(self.list_of_parameters))
+            self._tiles_done = 0
+            return slicers
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            result = super()._internal_maybe_mirror_and_predict(x)
+            self._tiles_done = getattr(self, "_tiles_done", 0) + 1
+            if self.on_tile is not None:
+                self.on_tile(self._tiles_done, getattr(self, "_tiles_total", 0))
+            return result
+
+    return ProgressPredictor
+
+
+class _LazyPredictorClass:
+    """Defers importing nnunetv2 (seconds) until a model is actually built."""
+
+    _cls = None
+
+    def __call__(self, **kwargs):
+        if self._cls is None:
+            type(self)._cls = _make_progress_predictor()
+        return self._cls(**kwargs)
+
+
+_ProgressPredictor = _LazyPredictorClass()
+
+
+def tile_reporter(progress: ProgressCallback, model: int, of: int, label: str,
+                  should_cancel: Callable[[], bool]) -> Callable[[int, int], None]:
+    """Callback for ModelRunner.predict that emits predict events and honours cancellation."""
+
+    def report(done: int, total: int) -> None:
+        if should_cancel():
+            raise CancelledError("Segmentation was cancelled.")
+        fraction = min(1.0, done / total) if total else None
+        progress(ProgressEvent(stage="predict", message=f"Predicting {label}", fraction=fraction,
+                               model=model, of=of))
+
+    return report
+
+
+__all__ = ["ModelRunner", "select_device", "configure_threads", "tile_reporter", "ignore_progress"]
