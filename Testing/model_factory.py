@@ -147,15 +147,10 @@ def write_model_folder(results_dir: Path, folder: str, trainer: str, plans_name:
 
 def _spread_output(net, torch) -> None:
     """Scale the final 1x1 convolution so that every label wins somewhere (busier label maps)."""
-    seg_layers = [m for name, m in net.named_modules() if name.endswith("seg_layers.0") or name.endswith("seg_layers")]
-    final = net.decoder.seg_layers[-1] if hasattr(net, "decoder") else None
-    layer = final if final is not None else (seg_layers[-1] if seg_layers else None)
-    if layer is None:
-        return
+    final = net.decoder.seg_layers[-1]
     with torch.no_grad():
-        layer.weight.mul_(8.0)
-        if layer.bias is not None:
-            layer.bias.zero_()
+        final.weight.mul_(8.0)
+        final.bias.zero_()
 
 
 def write_task_models(results_dir: Path, task_name: str, speed: str = "normal", size: NetworkSize = TINY,

@@ -99,3 +99,23 @@ def test_labels_keep_input_header_and_uint8():
     result = segment(img)
     assert result.image.get_data_dtype() == np.uint8
     assert result.image.header["descrip"] == b"my scan"
+
+
+@pytest.mark.parametrize("source", ["dicom_folder", "nrrd"])
+def test_file_inputs_come_back_voxel_exact(data_dir, tmp_path, source):
+    """DICOM and NRRD go through SimpleITK: the labels must land on the same voxels, in world space too."""
+    import SimpleITK as sitk
+    from totalseg_engine import imageio
+
+    if source == "dicom_folder":
+        path = data_dir / "example_ct_dicom"
+    else:
+        path = tmp_path / "ct.nrrd"
+        sitk.WriteImage(sitk.ReadImage(str(data_dir / "example_ct_sm.nii.gz")), str(path))
+    source_img = imageio.read_image(path)
+    options = pipeline.Options(task="total", speed="fast", device="cpu", higher_order_resampling=True)
+    result = segment(path, options)
+    assert result.image.shape == source_img.shape
+    np.testing.assert_allclose(result.image.affine, source_img.affine, atol=1e-6)
+    np.testing.assert_array_equal(result.data, label_by_intensity(source_img.get_fdata()))
+    assert len(np.unique(result.data)) > 1

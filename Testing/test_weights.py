@@ -11,10 +11,8 @@ import json
 import os
 import socket
 import stat
-import threading
 import zipfile
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
@@ -28,61 +26,12 @@ from totalseg_engine.errors import (
     WeightsMissingError,
 )
 from totalseg_engine.progress import ProgressEvent
+from weights_server import Server as _Server
+from weights_server import serving, zip_folder
 
 OPEN = tasks.models_of_task("lung_vessels")[0]  # Dataset117, one open model
 LICENSED = tasks.models_of_task("heartchambers_highres")[0]  # Dataset301, licence required
 LICENSE_KEY = "aca_ABCDEFGHIJKLMN"
-
-
-# ----------------------------------------------------------------------------------------------
-# A small HTTP server with canned answers
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, tuple[int, bytes, str, Optional[int]]] = {}
-        self.requests: list[tuple[str, str, bytes]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def serve(self, path: str, body: bytes, status: int = 200, content_type: str = "application/zip",
-              announce: Optional[int] = None) -> None:
-        """Answer ``path`` with ``body``; ``announce`` claims another Content-Length (then closes)."""
-        self.routes[path] = (status, body, content_type, announce)
-
-    def serve_json(self, path: str, data: dict, status: int = 200) -> None:
-        self.serve(path, json.dumps(data).encode(), status, "application/json")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.server.requests.append((self.command, self.path, self.rfile.read(length)))
-        if self.path not in self.server.routes:
-            self.send_error(404)
-            return
-        status, body, content_type, announce = self.server.routes[self.path]
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(announce or len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(autouse=True)
@@ -100,15 +49,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch):
-    httpd = _Server()
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("TOTALSEG_WEIGHTS_URL", httpd.url + "/{version}/{folder}.zip")
-    monkeypatch.setenv("TOTALSEG_LICENSE_URL", httpd.url + "/download_weights")
-    monkeypatch.setenv("TOTALSEG_LICENSE_CHECK_URL", httpd.url + "/is_valid_license_number")
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(monkeypatch) as httpd:
+        yield httpd
 
 
 def _route(spec: tasks.ModelSpec) -> str:
@@ -135,14 +77,6 @@ def make_dataset(root: Path, spec: tasks.ModelSpec, marker: bytes = b"v1", size:
     (result / "plans.json").write_text(json.dumps({"plans_name": spec.plans}))
     (result / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
     return root / (name or spec.folder)
-
-
-def zip_folder(root: Path, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for path in sorted(root.rglob("*")):
-            zf.write(path, path.relative_to(root).as_posix())
-    return buffer.getvalue()
 
 
 def release_zip(tmp_path: Path, spec: tasks.ModelSpec, marker: bytes = b"v1", size: int = 0,
