@@ -19,6 +19,8 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
+from .errors import InvalidOptionError
+
 BBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
@@ -163,6 +165,12 @@ class SplitPlan:
 def split_plan(shape: Sequence[int], force: bool, allowed: bool) -> Optional[SplitPlan]:
     """Split along z when forced, or automatically for multi-model runs on very large volumes."""
     large = int(np.prod(shape)) > 512 * 512 * 900 and shape[2] > 200
-    if force or (allowed and large):
-        return SplitPlan(third=shape[2] // 3)
-    return None
+    if not (force or (allowed and large)):
+        return None
+    plan = SplitPlan(third=shape[2] // 3)
+    minimum = 3 * (plan.margin - 1)
+    if plan.third < plan.margin - 1:
+        raise InvalidOptionError(
+            f"--force_split needs at least {minimum} slices along z at the model's spacing; this image (or its "
+            f"cropped region) has {shape[2]}. Run without --force_split.")
+    return plan

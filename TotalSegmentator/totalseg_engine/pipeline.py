@@ -8,7 +8,7 @@ differences come from the registry (:mod:`tasks`), never from branches on task n
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
 
@@ -90,6 +90,18 @@ class _Run:
         self.progress(ProgressEvent(stage=stage, message=message, **kwargs))
 
 
+@dataclass(frozen=True)
+class _Extras:
+    """Options that apply to the task's own model only; crop, body and refinement models run plain."""
+
+    higher_order_resampling: bool = False
+    force_split: bool = False
+    blobs_mm3: Optional[float] = None
+
+
+PLAIN = _Extras()
+
+
 @dataclass
 class _Prediction:
     labels: np.ndarray  # on the original grid
@@ -133,7 +145,8 @@ def segment(image: Union[str, Path, nib.Nifti1Image], options: Optional[Options]
     crop = _crop_for(run, task, working, roi)
     label_map = _output_label_map(task, roi)
     refine_mask = _refine_mask(run, task, working)
-    prediction = _predict_task(run, task, mode, working, crop, roi, _blob_threshold(options.remove_small_blobs))
+    main = _Extras(options.higher_order_resampling, options.force_split, _blob_threshold(options.remove_small_blobs))
+    prediction = _predict_task(run, task, mode, working, crop, roi, main)
     labels = prediction.labels
     if refine_mask is not None:
         labels = postprocessing.refine_vertebrae_pp(labels, refine_mask, list(label_map),
@@ -245,8 +258,9 @@ def _crop_for(run: _Run, task: Task, working: nib.Nifti1Image, roi: Optional[lis
     crop_task = get_task(plan[0])
     run.emit("crop", f"Rough segmentation with '{crop_task.name}' to find the region")
     if task.crop_model:
+        plain = replace(run, options=replace(run.options, robust_crop=False))  # a plain run of that task
         rough = _predict_task(run, crop_task, crop_task.mode(plan[1]), working,
-                              _crop_for(run, crop_task, working, None), None)
+                              _crop_for(plain, crop_task, working, None), None)
         rough_labels = _finish_labels(rough.labels, crop_task, dict(crop_task.classes), None,
                                       geometry.header_spacing(working))
     else:
@@ -274,7 +288,7 @@ def _models_for(task: Task, mode: Mode, roi: Optional[list[str]]) -> tuple[Model
 
 
 def _predict_task(run: _Run, task: Task, mode: Mode, working: nib.Nifti1Image, crop: Optional[_Crop],
-                  roi: Optional[list[str]], blobs_mm3: Optional[float] = None) -> _Prediction:
+                  roi: Optional[list[str]], extras: _Extras = PLAIN) -> _Prediction:
     """Labels of one task on the original grid (the in-memory equivalent of one official model run)."""
     shape = working.shape
     if crop is not None and not crop.mask.any():
@@ -285,13 +299,13 @@ def _predict_task(run: _Run, task: Task, mode: Mode, working: nib.Nifti1Image, c
         box = geometry.bbox_of_mask(crop.mask, geometry.margin_in_voxels(crop.margin_mm, working))
         region = geometry.crop_image(working, box)
     canonical = geometry.to_canonical(region)
-    spacing = None if run.options.higher_order_resampling else mode.spacing
+    spacing = None if extras.higher_order_resampling else mode.spacing
     run.emit("resample", f"Resampling to {spacing} mm" if spacing else "Preparing image")
     model_input = geometry.resample_image(canonical, spacing) if spacing else canonical
-    labels = _run_models(run, task, mode, model_input, roi)
+    labels = _run_models(run, task, mode, model_input, roi, extras.force_split)
     run.check_cancel()
     run.emit("postprocess", "Postprocessing")
-    labels = postprocessing.postprocess(labels, task.name, geometry.header_spacing(model_input), blobs_mm3)
+    labels = postprocessing.postprocess(labels, task.name, geometry.header_spacing(model_input), extras.blobs_mm3)
     lowres = labels
     if spacing:
         labels = geometry.resample_labels_to_shape(labels, canonical.shape)
@@ -308,12 +322,12 @@ def _blob_threshold(value: Union[bool, float]) -> Optional[float]:
 
 
 def _run_models(run: _Run, task: Task, mode: Mode, model_input: nib.Nifti1Image,
-                roi: Optional[list[str]]) -> np.ndarray:
+                roi: Optional[list[str]], force_split: bool) -> np.ndarray:
     """Predict with each (part) model, split into slabs when needed, merged into task label ids."""
     data = np.asanyarray(model_input.dataobj)
     spacing = geometry.header_spacing(model_input)
     models = _models_for(task, mode, roi)
-    plan = geometry.split_plan(data.shape, run.options.force_split, allowed=len(mode.models) > 1)
+    plan = geometry.split_plan(data.shape, force_split, allowed=len(mode.models) > 1)
     step = 0.8 if task.name in WIDE_STEP_TASKS else 0.5
     merged = np.zeros(data.shape, dtype=np.uint8)
     for index, spec in enumerate(models, start=1):
