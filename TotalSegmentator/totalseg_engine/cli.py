@@ -8,7 +8,9 @@ message (no traceback) with exit code 1; a cancelled run (Ctrl+C) exits with 130
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -89,6 +91,16 @@ def format_classes(task_name: str) -> str:
     return "\n".join(f"{label:>4}  {name}" for label, name in sorted(task.classes.items()))
 
 
+def _interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (the panel's Cancel) into KeyboardInterrupt so atomic writes clean up before exiting."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -141,5 +153,11 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point: the command as a program (exit code, SIGTERM handled)."""
+    _interrupt_on_sigterm()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,292 @@
+"""The background runner with real child processes: engine runs, cancel of process trees, failures, argv.
+
+Nothing is mocked: every test starts real processes (the engine itself, or small scripts that misbehave
+on purpose) because what matters here is how real processes, pipes and signals behave.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from model_factory import NetworkSize, write_task_models
+from totalseg_engine import cli, paths
+from totalseg_engine.runner import (
+    ENGINE_ROOT,
+    EngineProcess,
+    FinishedMessage,
+    LogMessage,
+    Message,
+    ProgressMessage,
+    State,
+    engine_command,
+)
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group behaviour is tested on POSIX")
+
+TINY_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
+SLOW_3MM = NetworkSize(features=(16, 32, 64, 128), patch_size=(32, 32, 32))  # ~20 tiles, a few seconds on a CPU
+
+# Ignores SIGTERM, starts a grandchild that sleeps (and inherits the ignored SIGTERM), records both pids.
+STUBBORN_CHILD = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(sys.argv[1] + ".part", "w") as f:
+    f.write(f"{os.getpid()} {grandchild.pid}")
+os.replace(sys.argv[1] + ".part", sys.argv[1])
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private weights cache; the child inherits it through the environment."""
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    return tmp_path / "home"
+
+
+def script(tmp_path: Path, source: str, name: str = "child.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def collect(process: EngineProcess, until: Callable[[Message], bool], timeout: float = 120.0) -> list[Message]:
+    """Poll like the panel's timer does until a message matches (or the run finished)."""
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in process.poll():
+            messages.append(message)
+            if until(message) or isinstance(message, FinishedMessage):
+                return messages
+        time.sleep(0.02)
+    pytest.fail(f"no matching message within {timeout} s; got {messages[-5:]}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A zombie has exited: it only waits for a parent to reap it (PID 1 here)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (Linux /proc; empty elsewhere)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def read_pids(pid_file: Path, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "child did not write its pids"
+        time.sleep(0.02)
+    return [int(p) for p in pid_file.read_text().split()]
+
+
+def test_engine_run_reports_progress_and_succeeds(home, data_dir, tmp_path):
+    write_task_models(paths.weights_dir(), "total", "fast", TINY_3MM, seed=5)
+    output = tmp_path / "seg.nii.gz"
+    command = engine_command(data_dir / "example_ct_sm.nii.gz", output, speed="fast", device="cpu", offline=True)
+    process = EngineProcess(command).start()
+    messages = collect(process, lambda m: False)
+    assert process.wait(5) is State.SUCCEEDED, process.last_lines()
+    assert process.returncode == 0 and output.is_file()
+    assert messages[-1] == FinishedMessage(State.SUCCEEDED, 0)
+    events = [m.event for m in messages if isinstance(m, ProgressMessage)]
+    assert events[0].stage == "read" and events[-1].stage == "done" and events[-1].fraction == 1.0
+    fractions = [e.fraction for e in events if e.stage == "predict" and e.fraction is not None]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert not any(isinstance(m, LogMessage) and m.text.startswith("{") for m in messages)
+    assert 0 < process.elapsed_s < 120 and process.error_summary() == ""
+
+
+def test_cancel_kills_a_stubborn_child_and_its_grandchild(tmp_path):
+    pid_file = tmp_path / "pids"
+    process = EngineProcess([sys.executable, str(script(tmp_path, STUBBORN_CHILD)), str(pid_file)]).start()
+    collect(process, lambda m: isinstance(m, LogMessage) and m.text == "ready", timeout=20)
+    child, grandchild = read_pids(pid_file)
+    assert child == process.pid and process_alive(grandchild)
+    started = time.monotonic()
+    assert process.cancel() is State.CANCELLED
+    assert time.monotonic() - started < 2.0
+    assert not process_alive(child) and not process_alive(grandchild)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # reaped by the runner, not only dead
+    assert process.returncode == -9 and process.state is State.CANCELLED
+    started = time.monotonic()
+    assert process.cancel() is State.CANCELLED and time.monotonic() - started < 0.1  # idempotent
+    assert process.poll()[-1] == FinishedMessage(State.CANCELLED, -9)
+
+
+def test_cancel_engine_mid_prediction_leaves_nothing(home, data_dir, tmp_path):
+    write_task_models(paths.weights_dir(), "total", "fast", SLOW_3MM, seed=5)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    output = out_dir / "seg.nii.gz"
+    process = EngineProcess(engine_command(data_dir / "example_ct_sm.nii.gz", output, speed="fast", device="cpu",
+                                           offline=True)).start()
+    messages = collect(process, lambda m: isinstance(m, ProgressMessage) and m.event.stage == "predict"
+                       and m.event.fraction is not None)
+    assert isinstance(messages[-1], ProgressMessage) and messages[-1].event.fraction < 1.0, process.last_lines()
+    started = time.monotonic()
+    assert process.cancel() is State.CANCELLED
+    assert time.monotonic() - started < 2.0
+    assert not process_alive(process.pid) and group_members(process.pid) == []
+    assert not output.exists() and list(out_dir.iterdir()) == []
+
+
+def test_failing_engine_surfaces_its_error(home, tmp_path):
+    missing = tmp_path / "missing.nii.gz"
+    process = EngineProcess(engine_command(missing, tmp_path / "seg.nii.gz", speed="fast", device="cpu",
+                                           offline=True)).start()
+    assert process.wait(60) is State.FAILED
+    assert process.returncode == 1
+    summary = process.error_summary()
+    assert summary.startswith("ERROR: ") and "not found" in summary and str(missing) in summary
+    assert "Traceback" not in "\n".join(process.last_lines())
+    assert process.poll()[-1] == FinishedMessage(State.FAILED, 1)
+
+
+@pytest.mark.parametrize("speed, blobs, fast, fastest, blobs_parsed", [
+    ("normal", True, False, False, 200.0),
+    ("fast", 150, True, False, 150.0),
+    ("fastest", False, False, True, False),
+])
+def test_engine_command_round_trips_through_the_cli_parser(tmp_path, speed, blobs, fast, fastest, blobs_parsed):
+    argv = engine_command(tmp_path / "ct.nii.gz", tmp_path / "seg.seg.nrrd", python="/opt/py", task="total_mr",
+                          speed=speed, roi_subset=["liver", "spleen"], device="gpu:1", robust_crop=True,
+                          body_seg=True, force_split=True, remove_small_blobs=blobs, higher_order_resampling=True,
+                          statistics=True, stats_include_incomplete=True, license_number="aca_KEY",
+                          output_type="seg_nrrd", ml=True, overwrite=True, offline=True)
+    assert argv[:3] == ["/opt/py", "-m", "totalseg_engine"]
+    args = cli.build_parser().parse_args(argv[3:])
+    assert (args.input, args.output) == (tmp_path / "ct.nii.gz", tmp_path / "seg.seg.nrrd")
+    assert (args.task, args.fast, args.fastest, args.device) == ("total_mr", fast, fastest, "gpu:1")
+    assert args.roi_subset == ["liver", "spleen"] and args.remove_small_blobs == blobs_parsed
+    assert (args.output_type, args.license_number) == ("seg_nrrd", "aca_KEY")
+    assert all([args.robust_crop, args.body_seg, args.force_split, args.higher_order_resampling, args.statistics,
+                args.stats_include_incomplete, args.ml, args.overwrite, args.offline, args.progress_json])
+
+
+def test_engine_command_defaults_and_off_switches(tmp_path):
+    argv = engine_command("ct.nii.gz", "out", ml=False, overwrite=False)
+    assert argv[0] == sys.executable
+    args = cli.build_parser().parse_args(argv[3:])
+    assert (args.task, args.device, args.output_type, args.roi_subset, args.license_number) == (
+        "total", "gpu", "nifti", None, None)
+    assert not any([args.fast, args.fastest, args.ml, args.overwrite, args.offline, args.robust_crop,
+                    args.remove_small_blobs, args.statistics]) and args.progress_json
+    with pytest.raises(ValueError, match="speed"):
+        engine_command("ct.nii.gz", "out", speed="quick")
+
+
+def test_poll_never_blocks_and_keeps_order(tmp_path):
+    child = script(tmp_path, """
+        import json, sys, time
+        for i in range(40):
+            print(json.dumps({"stage": "predict", "fraction": i / 40}))
+            print(f"line {i}")
+        print("to stderr", file=sys.stderr)
+        time.sleep(30)
+    """)
+    process = EngineProcess([sys.executable, str(child)])
+    assert process.poll() == [] and process.state is State.NOT_STARTED
+    process.start()
+    stdout: list[Message] = []
+    slowest = 0.0
+    deadline = time.monotonic() + 20
+    while len(stdout) < 80 and time.monotonic() < deadline:
+        started = time.monotonic()
+        got = process.poll()
+        slowest = max(slowest, time.monotonic() - started)
+        stdout += [m for m in got if not (isinstance(m, LogMessage) and m.stream == "stderr")]
+        time.sleep(0.005)
+    rest: list[Message] = []
+    for _ in range(20):  # the child now sleeps: polls return at once with nothing (or its stderr line)
+        started = time.monotonic()
+        rest += process.poll()
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    assert all(isinstance(m, LogMessage) and m.stream == "stderr" for m in rest)
+    assert slowest < 0.05 and process.state is State.RUNNING
+    expected = [x for i in range(40) for x in (("p", i / 40), ("l", f"line {i}"))]
+    got = [("p", m.event.fraction) if isinstance(m, ProgressMessage) else ("l", m.text) for m in stdout]
+    assert got == expected
+    assert process.cancel() is State.CANCELLED
+    assert "to stderr" in process.last_lines()
+
+
+def test_child_exiting_130_on_sigterm_is_cancelled_and_context_manager_cancels(tmp_path):
+    graceful = script(tmp_path, """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *args: sys.exit(130))
+        print("ready", flush=True)
+        time.sleep(30)
+    """)
+    with EngineProcess([sys.executable, str(graceful)]) as process:
+        collect(process, lambda m: isinstance(m, LogMessage) and m.text == "ready", timeout=20)
+    assert process.state is State.CANCELLED and process.returncode == 130
+    assert not process_alive(process.pid)
+
+
+def test_not_started_cancel_and_double_start(tmp_path):
+    process = EngineProcess([sys.executable, "-c", "pass"])
+    assert process.cancel() is State.CANCELLED and process.wait() is State.CANCELLED
+    with pytest.raises(RuntimeError):
+        process.start()
+    with pytest.raises(OSError):
+        EngineProcess([str(tmp_path / "no-such-python")]).start()
+
+
+def test_child_environment_finds_the_engine(tmp_path):
+    process = EngineProcess([sys.executable, "-c", "import os, totalseg_engine; print(totalseg_engine.__file__); "
+                             "print(os.environ['PYTHONUNBUFFERED'])"], env={"PATH": os.environ.get("PATH", "")},
+                            cwd=tmp_path)
+    assert process.start().wait(30) is State.SUCCEEDED
+    lines = process.last_lines()
+    assert Path(lines[0]).parent.parent == ENGINE_ROOT and lines[1] == "1"
+
+
+def test_exit_of_the_parent_cancels_running_children(tmp_path):
+    pid_file = tmp_path / "pids"
+    child = script(tmp_path, STUBBORN_CHILD)
+    parent = script(tmp_path, f"""
+        import sys, time
+        sys.path.insert(0, {str(ENGINE_ROOT)!r})
+        from totalseg_engine.runner import EngineProcess
+        process = EngineProcess([sys.executable, {str(child)!r}, {str(pid_file)!r}]).start()
+        while not any(getattr(m, "text", "") == "ready" for m in process.poll()):
+            time.sleep(0.01)
+        print(process.pid)
+    """, "parent.py")
+    done = subprocess.run([sys.executable, str(parent)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    pids = read_pids(pid_file)
+    assert pids[0] == int(done.stdout)
+    assert not any(process_alive(pid) for pid in pids)
