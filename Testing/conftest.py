@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,3 +21,20 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"test data folder {DATA_DIR} is missing")
     return DATA_DIR
+
+
+@pytest.fixture
+def mrml():
+    """A slicer-core scene with the logics Slicer's application would set up (kept alive with it)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML without Qt) is not installed")
+    scene = slicer.vtkMRMLScene()
+    logics = {
+        "colors": slicer.vtkMRMLColorLogic(),
+        "segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
+        "hierarchy": slicer.vtkSlicerSubjectHierarchyModuleLogic(),
+        "sequences": slicer.vtkSlicerSequencesLogic(),
+    }
+    for logic in logics.values():
+        logic.SetMRMLScene(scene)
+    yield SimpleNamespace(scene=scene, **logics)
+    scene.Clear(1)
