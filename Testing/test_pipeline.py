@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import api, geometry, imageio, paths, pipeline
+from totalseg_engine import api, geometry, imageio, paths, pipeline, terminology
 from totalseg_engine.prediction import ModelRunner
 from totalseg_engine.tasks import get_task
 
@@ -155,7 +155,7 @@ def test_statistics_and_every_output_format(weights_home, data_dir, tmp_path):
                          output_type="seg_nrrd")
     seg = slicerio.read_segmentation(str(tmp_path / "seg.seg.nrrd"))
     names = {s["name"] for s in seg["segments"]}
-    assert names == {get_task("total").classes[int(v)] for v in np.unique(labels) if v}
+    assert names == {terminology.entry(get_task("total").classes[int(v)]).display_name for v in np.unique(labels) if v}
 
 
 def test_existing_output_is_kept(weights_home, data_dir, tmp_path):

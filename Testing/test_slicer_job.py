@@ -155,3 +155,43 @@ def test_bad_requests_are_refused_before_anything_starts(mrml, data_dir):
         SegmentationJob(mrml.scene, volume, None, JobRequest(task="total", roi_subset=["lvier"]))
     with pytest.raises(ValueError, match="input volume"):
         SegmentationJob(mrml.scene, None, None, JobRequest())
+
+
+def test_every_frame_of_a_sequence_becomes_a_segmentation_sequence(mrml, home, data_dir, tmp_path):
+    """Two CT frames in a browser: each frame is segmented by the engine and stored at its index value."""
+    import slicer
+    from totalseg_slicer import sequences
+    from totalseg_slicer.job import SequenceJob
+
+    write_task_models(paths.weights_dir(), "total", "fast", QUICK, seed=5)
+    ct = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
+    array = slicer.util.arrayFromVolume(ct)
+    sequence = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "phases")
+    for index_value, shift in (("0", 0), ("1", 200)):
+        frame = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(frame, (array + shift).astype(array.dtype))
+        matrix = vtk_matrix(ct)
+        frame.SetIJKToRASMatrix(matrix)
+        sequence.SetDataNodeAtValue(frame, index_value)
+    browser = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "phases browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    mrml.sequences.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+
+    job = SequenceJob(mrml.scene, proxy, None, JobRequest(task="total", speed="fast", device="cpu"),
+                      temp_root=tmp_path)
+    run_to_end(job)
+    assert job.state_name == "succeeded", job.error_message
+    result = sequences.sequence_of(mrml.scene, job.segmentation_node)
+    assert result is not None and result.GetNumberOfDataNodes() == 2
+    counts = [result.GetNthDataNode(i).GetSegmentation().GetNumberOfSegments() for i in range(2)]
+    assert all(count > 3 for count in counts)
+    assert not list(tmp_path.glob("TotalSegmentator-*"))
+
+
+def vtk_matrix(volume):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix

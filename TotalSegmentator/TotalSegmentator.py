@@ -746,12 +746,11 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
         volume = SampleData.downloadSample("CTACardio")
         logic = TotalSegmentatorLogic()
         segmentation = logic.process(volume, None, task="total", fast=True, device="auto")
+        from totalseg_slicer.segmentation_import import CLASS_TAG, segment_tag
+
         seg = segmentation.GetSegmentation()
-        byClass = {}
-        for index in range(seg.GetNumberOfSegments()):
-            tag = vtk.mutable("")
-            seg.GetNthSegment(index).GetTag("TotalSegmentator.Class", tag)
-            byClass[str(tag)] = seg.GetNthSegmentID(index)
+        byClass = {segment_tag(seg.GetNthSegment(i), CLASS_TAG): seg.GetNthSegmentID(i)
+                   for i in range(seg.GetNumberOfSegments())}
         for expected in ("liver", "aorta", "heart"):
             self.assertIn(expected, byClass)
         names = list(byClass)

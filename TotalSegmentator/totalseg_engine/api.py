@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, Union
 import nibabel as nib
 import numpy as np
 
-from . import imageio, pipeline
+from . import imageio, pipeline, terminology
 from .errors import InvalidOptionError
 from .progress import ProgressCallback, ignore_progress
 
@@ -76,14 +76,14 @@ def write_result(result: pipeline.Result, output: Path, ml: bool, output_type: s
         statistics.write_statistics(result.statistics, folder / "statistics.json")
 
 
-def segment_infos(label_map: dict[int, str]) -> list[imageio.SegmentInfo]:
-    """Segment names and colours for .seg.nrrd output (terminology is added by the terminology module)."""
-    return [imageio.SegmentInfo(label=label, name=name, color=_color(label), terminology=None)
-            for label, name in sorted(label_map.items())]
+def segment_infos(label_map: dict[int, str], use_standard_names: bool = True) -> list[imageio.SegmentInfo]:
+    """Segment names, colours and Slicer terminology tags for .seg.nrrd output.
 
-
-def _color(label: int) -> tuple[float, float, float]:
-    """A distinct colour per label id (golden-ratio hue walk) until terminology colours are available."""
-    import colorsys
-
-    return colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.65, 0.95)
+    The same as the Slicer panel gives its segments, whose "use standard segment names" option is on by
+    default: display names ("Vertebra T7"); ``use_standard_names=False`` keeps the class names instead.
+    """
+    infos = []
+    for label, name in sorted(label_map.items()):
+        display, color, entry = terminology.segment_info(name, use_standard_names)
+        infos.append(imageio.SegmentInfo(label=label, name=display, color=color, terminology=entry))
+    return infos
