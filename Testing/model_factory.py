@@ -115,8 +115,13 @@ def dataset_dict(labels: dict[int, str], modality: str, channels: int = 1) -> di
 
 def write_model_folder(results_dir: Path, folder: str, trainer: str, plans_name: str, configuration: str,
                        labels: dict[int, str], spacing_xyz: Sequence[float], size: NetworkSize = TINY,
-                       modality: str = "CT", folds: Sequence[int] = (0,), seed: Optional[int] = None) -> Path:
-    """Write one model folder with random weights; returns the ``Trainer__Plans__config`` folder."""
+                       modality: str = "CT", folds: Sequence[int] = (0,), seed: Optional[int] = None,
+                       checkpoint_trainer: Optional[str] = None) -> Path:
+    """Write one model folder with random weights; returns the ``Trainer__Plans__config`` folder.
+
+    ``checkpoint_trainer`` is the trainer class recorded in the checkpoint (default: ``trainer``); tools that
+    look the class up by that name (the official package) need one nnU-Net ships, such as ``nnUNetTrainer``.
+    """
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -138,7 +143,7 @@ def write_model_folder(results_dir: Path, folder: str, trainer: str, plans_name:
         fold_dir.mkdir(exist_ok=True)
         torch.save({
             "network_weights": net.state_dict(),
-            "trainer_name": trainer,
+            "trainer_name": checkpoint_trainer or trainer,
             "init_args": {"plans": plans, "configuration": configuration, "fold": fold, "dataset_json": dataset},
             "inference_allowed_mirroring_axes": (0, 1, 2),
         }, fold_dir / "checkpoint_final.pth")
@@ -154,7 +159,7 @@ def _spread_output(net, torch) -> None:
 
 
 def write_task_models(results_dir: Path, task_name: str, speed: str = "normal", size: NetworkSize = TINY,
-                      seed: int = 0) -> list[Path]:
+                      seed: int = 0, checkpoint_trainer: Optional[str] = None) -> list[Path]:
     """Write every model of a task's mode, with the registry's folders, trainers and spacings."""
     from totalseg_engine.tasks import get_task
 
@@ -167,5 +172,6 @@ def write_task_models(results_dir: Path, task_name: str, speed: str = "normal", 
         spacing = mode.spacing or (1.5, 1.5, 1.5)
         written.append(write_model_folder(results_dir, folder, model.trainer, model.plans, model.configuration,
                                           labels, spacing, size, task.modality,
-                                          folds=model.folds or (0,), seed=seed + i))
+                                          folds=model.folds or (0,), seed=seed + i,
+                                          checkpoint_trainer=checkpoint_trainer))
     return written

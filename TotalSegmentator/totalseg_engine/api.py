@@ -1,11 +1,13 @@
 """The Python API: ``totalsegmentator(input, output, ...)`` with the official function's main options.
 
 Takes a path (NIfTI, NRRD, DICOM folder or zip) or a nibabel image, returns the multilabel
-segmentation as a nibabel image on the input's grid, and optionally writes it.
+segmentation as a nibabel image on the input's grid, and optionally writes it: NIfTI, a Slicer
+.seg.nrrd, or for DICOM input a DICOM SEG or RT Structure Set referencing the input series.
 """
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -16,7 +18,13 @@ from . import imageio, pipeline, terminology
 from .errors import InvalidOptionError
 from .progress import ProgressCallback, ignore_progress
 
-OUTPUT_TYPES = ("nifti", "seg_nrrd")
+DICOM_OUTPUT_TYPES = ("dicom_seg", "dicom_rtstruct")
+OUTPUT_TYPES = ("nifti", "seg_nrrd", *DICOM_OUTPUT_TYPES)
+FILE_OUTPUT_TYPES = ("seg_nrrd", *DICOM_OUTPUT_TYPES)
+DICOM_INPUT_NEEDED = "To use output type dicom_rtstruct or dicom_seg you also have to use a Dicom image as input."
+# Python modules each DICOM output needs beyond the engine's own (pip names in the message).
+DICOM_OUTPUT_MODULES = {"dicom_seg": {"highdicom": "highdicom"},
+                        "dicom_rtstruct": {"pydicom": "pydicom", "skimage": "scikit-image"}}
 
 
 def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str, Path, None] = None,
@@ -31,8 +39,9 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
                      runner_factory: Optional[pipeline.RunnerFactory] = None) -> nib.Nifti1Image:
     """Segment ``input``; write to ``output`` when given; return the label image.
 
-    ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type="seg_nrrd"``, otherwise a
-    folder with one NIfTI per class. Existing outputs are kept unless ``overwrite`` is set.
+    ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
+    "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
+    per class. Existing outputs are kept unless ``overwrite`` is set.
     """
     options = pipeline.Options(
         task=task, speed="fastest" if fastest else ("fast" if fast else "normal"),
@@ -42,10 +51,15 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
         stats_include_incomplete=stats_include_incomplete, device=device, download=download)
     if output is not None:
         output = _check_output(Path(output), ml, output_type, overwrite)
+        _check_dicom_output(input, output_type)
     result = pipeline.segment(input, options, progress, should_cancel, runner_factory)
     if output is not None:
-        write_result(result, output, ml, output_type, overwrite)
+        write_result(result, output, ml, output_type, overwrite, source=input)
     return result.image
+
+
+def _is_file_output(ml: bool, output_type: str) -> bool:
+    return ml or output_type in FILE_OUTPUT_TYPES
 
 
 def _check_output(output: Path, ml: bool, output_type: str, overwrite: bool) -> Path:
@@ -54,14 +68,53 @@ def _check_output(output: Path, ml: bool, output_type: str, overwrite: bool) -> 
         raise InvalidOptionError(f"Unknown output type '{output_type}'. Valid: {', '.join(OUTPUT_TYPES)}.")
     output = output.expanduser().absolute()
     imageio.check_output_path(output, overwrite)
-    if (ml or output_type == "seg_nrrd") and output.is_dir():
-        raise InvalidOptionError(f"Output {output} is a folder; with --ml give a file name such as seg.nii.gz.")
+    if _is_file_output(ml, output_type) and output.is_dir():
+        example = "seg.dcm" if output_type in DICOM_OUTPUT_TYPES else "seg.nii.gz with --ml, seg.seg.nrrd"
+        raise InvalidOptionError(f"Output {output} is a folder; this output needs a file name ({example}).")
     return output
 
 
-def write_result(result: pipeline.Result, output: Path, ml: bool, output_type: str, overwrite: bool) -> None:
-    """Write the segmentation (and statistics.json beside it) atomically."""
-    if output_type == "seg_nrrd":
+def _check_dicom_output(input: Union[str, Path, nib.Nifti1Image], output_type: str) -> None:
+    """Refuse a DICOM output that cannot be written, before computing: non-DICOM input or a missing package.
+
+    A path that does not exist passes, so that reading it reports it as not found rather than as not DICOM.
+    """
+    if output_type not in DICOM_OUTPUT_TYPES:
+        return
+    not_found = not isinstance(input, nib.Nifti1Image) and not Path(input).expanduser().exists()
+    if not (not_found or _is_dicom_input(input)):
+        raise InvalidOptionError(DICOM_INPUT_NEEDED)
+    missing = [name for module, name in DICOM_OUTPUT_MODULES[output_type].items() if find_spec(module) is None]
+    if missing:
+        names = " ".join(missing)
+        raise InvalidOptionError(f"Output type {output_type} needs the Python package(s) {names}: pip install {names}")
+
+
+def _is_dicom_input(input: Union[str, Path, nib.Nifti1Image, None]) -> bool:
+    return input is not None and not isinstance(input, nib.Nifti1Image) and imageio.is_dicom_source(input)
+
+
+def _write_dicom(result: pipeline.Result, output: Path, output_type: str, overwrite: bool,
+                 source: Union[str, Path, nib.Nifti1Image, None]) -> None:
+    """DICOM outputs reference the instances of the input series, so they are written from its files."""
+    from . import dicom_output
+
+    if not _is_dicom_input(source):
+        raise InvalidOptionError(DICOM_INPUT_NEEDED)
+    writer = dicom_output.write_dicom_seg if output_type == "dicom_seg" else dicom_output.write_rtstruct
+    with imageio.dicom_series_folder(source) as folder:
+        writer(result.image, result.label_map, folder, output, overwrite=overwrite)
+
+
+def write_result(result: pipeline.Result, output: Path, ml: bool, output_type: str, overwrite: bool,
+                 source: Union[str, Path, nib.Nifti1Image, None] = None) -> None:
+    """Write the segmentation (and statistics.json beside it) atomically.
+
+    ``source`` is the input that was segmented; DICOM outputs need it to be the DICOM folder or zip.
+    """
+    if output_type in DICOM_OUTPUT_TYPES:
+        _write_dicom(result, output, output_type, overwrite, source)
+    elif output_type == "seg_nrrd":
         present = {int(v) for v in np.unique(result.data)} & set(result.label_map)
         segments = segment_infos({k: v for k, v in result.label_map.items() if k in present})
         imageio.write_seg_nrrd(result.data, result.image, segments, output, overwrite=overwrite)
@@ -72,7 +125,7 @@ def write_result(result: pipeline.Result, output: Path, ml: bool, output_type: s
     if result.statistics is not None:
         from . import statistics
 
-        folder = output.parent if (ml or output_type == "seg_nrrd") else output
+        folder = output.parent if _is_file_output(ml, output_type) else output
         statistics.write_statistics(result.statistics, folder / "statistics.json")
 
 

@@ -19,6 +19,8 @@ from .errors import CancelledError, TotalSegmentatorError
 from .progress import JsonLinesReporter, TerminalReporter, ignore_progress
 from .tasks import all_tasks, get_task
 
+# Output types of api.OUTPUT_TYPES, repeated so that --help answers without importing the engine.
+OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
 # Official options this engine accepts for compatibility but has no use for (thread counts, Nora).
 IGNORED_OPTIONS = (("-nr", "--nr_thr_resamp", int), ("-ns", "--nr_thr_saving", int), ("-t", "--nora_tag", str))
 
@@ -37,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", dest="input", metavar="filepath", type=Path,
                    help="Input image: NIfTI, NRRD, a folder of DICOM slices or a zip of them.")
     p.add_argument("-o", dest="output", metavar="directory", type=Path,
-                   help="Output folder (one mask per class), or the output file with --ml / -ot seg_nrrd.")
-    p.add_argument("-ot", "--output_type", default="nifti", choices=["nifti", "seg_nrrd"],
-                   help="nifti (default) or seg_nrrd (a Slicer .seg.nrrd file with names and colours).")
+                   help="Output folder (one mask per class), or the output file with --ml or another -ot.")
+    p.add_argument("-ot", "--output_type", default="nifti", choices=OUTPUT_TYPES,
+                   help="nifti (default), seg_nrrd (a Slicer .seg.nrrd file with names and colours), or for "
+                        "DICOM input dicom_seg (DICOM SEG) or dicom_rtstruct (RT Structure Set), -o a .dcm file.")
     p.add_argument("-ml", "--ml", action="store_true", help="Write one multilabel NIfTI file instead of a folder.")
     p.add_argument("-ta", "--task", default="total", help="Task to run (see --list-tasks). Default: total.")
     speed = p.add_mutually_exclusive_group()

@@ -282,12 +282,33 @@ def _read_dicom_dir(folder: Path, source: Optional[PathLike] = None) -> nib.Nift
         return sitk_to_nifti(reader.Execute())
 
 
-def _read_dicom_zip(path: Path) -> nib.Nifti1Image:
-    """Extract to a temporary folder that is removed whatever happens, then read it as a DICOM folder."""
+def is_dicom_source(path: PathLike) -> bool:
+    """True for what is read as a DICOM series: a folder, or a ``.zip`` of one."""
+    path = Path(path).expanduser()
+    return path.is_dir() or _has_suffix(path, (".zip",))
+
+
+@contextmanager
+def dicom_series_folder(path: PathLike) -> Iterator[Path]:
+    """The folder holding a DICOM input's files: the folder itself, or the zip extracted for the block.
+
+    DICOM outputs reference the source instances, so their writers need the files and not only the
+    volume; the extracted copy is removed whatever happens.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        yield path
+        return
     with tempfile.TemporaryDirectory(prefix="totalseg_dicom_") as tmp:
         with _read_errors(path, "a zip of DICOM files"), zipfile.ZipFile(path) as archive:
             archive.extractall(tmp)
-        return _read_dicom_dir(Path(tmp), source=path)
+        yield Path(tmp)
+
+
+def _read_dicom_zip(path: Path) -> nib.Nifti1Image:
+    """Extract to a temporary folder that is removed whatever happens, then read it as a DICOM folder."""
+    with dicom_series_folder(path) as folder:
+        return _read_dicom_dir(folder, source=path)
 
 
 def _reader_for(path: Path) -> Callable[[Path], nib.Nifti1Image]:
