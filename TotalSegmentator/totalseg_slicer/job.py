@@ -119,7 +119,7 @@ class SegmentationJob:
 
     def poll(self) -> bool:
         """Forward progress and log lines; import the result when the child is done. True once finished."""
-        if self._process is None:
+        if self._process is None or self.state_name not in ("not started", "running"):
             return self.state_name not in ("not started", "running")
         for message in self._process.poll():
             if isinstance(message, runner.ProgressMessage):
