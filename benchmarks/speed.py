@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_engine import count_tiles, forward_seconds
 from official import DATA, ROOT, build_weights, child_env, official_venv
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -84,44 +85,6 @@ def measure(command: list[str], env: dict) -> Measurement:
     return Measurement(seconds, peak[0] / 2**20, out)
 
 
-def tiles_per_model(progress_stdout: str) -> dict[str, int]:
-    """Sliding-window tiles each model ran, from our engine's progress events."""
-    from totalseg_engine.progress import parse_event_line
-
-    tiles: dict[str, int] = {}
-    for line in progress_stdout.splitlines():
-        event = parse_event_line(line)
-        if event and event.stage == "predict" and event.fraction is not None:
-            key = event.message
-            tiles[key] = tiles.get(key, 0) + 1
-    return tiles
-
-
-def forward_seconds(case: Case, tiles: int) -> float:
-    """Time ``tiles`` forward passes of the case's main networks on random patches (the irreducible part)."""
-    import torch
-    from totalseg_engine import weights
-    from totalseg_engine.prediction import ModelRunner, configure_threads, select_device
-    from totalseg_engine.tasks import get_task
-
-    device = select_device("cpu")
-    configure_threads(device)
-    speed = "fast" if "--fast" in case.flags else "normal"
-    models = get_task("total").mode(speed).models[:1]
-    total = 0.0
-    for spec in models:
-        runner = ModelRunner(weights.model_dir(spec), spec.folds, device, 0.5)
-        network = runner._predictor.network.to(device).eval()
-        x = torch.randn(1, 1, *runner._predictor.configuration_manager.patch_size)
-        with torch.inference_mode():
-            network(x)
-            start = time.perf_counter()
-            for _ in range(tiles):
-                network(x)
-            total += time.perf_counter() - start
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES])
@@ -143,8 +106,8 @@ def main() -> None:
         out = args.work / f"{case.name}_ours.nii.gz"
         ours = measure([sys.executable, "-m", "totalseg_engine", *common, "-o", str(out), "--overwrite", "--offline",
                         "--progress-json"], env)
-        tiles = sum(tiles_per_model(ours.stdout).values())
-        forward = forward_seconds(case, tiles) if "--fast" in case.flags else float("nan")
+        tiles = count_tiles(ours.stdout.splitlines())
+        forward = forward_seconds("total", "fast", tiles, "cpu") if "--fast" in case.flags else float("nan")
         official = None
         if official_bin is not None:
             official = measure([str(official_bin / "TotalSegmentator"), *common, "-o",

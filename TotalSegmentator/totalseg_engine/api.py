@@ -7,6 +7,7 @@ segmentation as a nibabel image on the input's grid, and optionally writes it: N
 
 from __future__ import annotations
 
+import contextlib
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -52,10 +53,19 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
     if output is not None:
         output = _check_output(Path(output), ml, output_type, overwrite)
         _check_dicom_output(input, output_type)
-    result = pipeline.segment(input, options, progress, should_cancel, runner_factory)
-    if output is not None:
-        write_result(result, output, ml, output_type, overwrite, source=input)
+    with _source_for(input, output, output_type) as source:  # a zip is extracted once, for reading and writing
+        result = pipeline.segment(source, options, progress, should_cancel, runner_factory)
+        if output is not None:
+            write_result(result, output, ml, output_type, overwrite, source=source)
     return result.image
+
+
+def _source_for(input: Union[str, Path, nib.Nifti1Image], output: Optional[Path], output_type: str):
+    """The DICOM series folder when a DICOM output will reference the input's files, else the input as given."""
+    if output is not None and output_type in DICOM_OUTPUT_TYPES and _is_dicom_input(input) \
+            and Path(input).expanduser().exists():  # a missing input is reported by the reader as not found
+        return imageio.dicom_series_folder(input)
+    return contextlib.nullcontext(input)
 
 
 def _is_file_output(ml: bool, output_type: str) -> bool:

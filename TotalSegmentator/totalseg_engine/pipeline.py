@@ -17,6 +17,7 @@ import numpy as np
 
 from . import geometry, imageio, postprocessing
 from .errors import CancelledError, UnknownTaskError
+from .prediction import tile_reporter  # no torch at import: models are loaded lazily
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .tasks import Mode, ModelSpec, Task, get_task
 
@@ -343,23 +344,13 @@ def _run_models(run: _Run, task: Task, mode: Mode, model_input: nib.Nifti1Image,
 def _predict_split(run: _Run, runner: Runner, data: np.ndarray, spacing: np.ndarray,
                    plan: Optional[geometry.SplitPlan], index: int, of: int, label: str) -> np.ndarray:
     if plan is None:
-        report = _tile_report(run, index, of, label)
+        report = tile_reporter(run.progress, index, of, label, run.should_cancel)
         return runner.predict([data], spacing, report)
     out = np.zeros(data.shape, dtype=np.uint8)
-    slabs = plan.slabs(data.shape[2])
-    for (keep, dest), slab in zip(plan.keep(), slabs):
-        report = _tile_report(run, index, of, f"{label} (slab {slabs.index(slab) + 1}/3)")
+    for number, ((keep, dest), slab) in enumerate(zip(plan.keep(), plan.slabs(data.shape[2])), start=1):
+        report = tile_reporter(run.progress, index, of, f"{label} (slab {number}/3)", run.should_cancel)
         out[:, :, dest] = runner.predict([data[:, :, slab]], spacing, report)[:, :, keep]
     return out
-
-
-def _tile_report(run: _Run, index: int, of: int, label: str) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        run.check_cancel()
-        fraction = min(1.0, done / total) if total else None
-        run.emit("predict", f"Predicting {label}", fraction=fraction, model=index, of=of)
-
-    return report
 
 
 def _to_task_labels(part: np.ndarray, spec: ModelSpec, task: Task) -> np.ndarray:

@@ -62,13 +62,12 @@ def _device_for_engine(device: str) -> str:
     return "gpu" if device == "auto" else device
 
 
-class SegmentationJob:
-    """Export → child process → import for one volume; poll() until it returns True."""
+class _Job:
+    """What every job shares: the request, the scene and output node, callbacks and the final state."""
 
     def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
                  segmentation_node: Optional[slicer.vtkMRMLSegmentationNode], request: JobRequest,
-                 table_node: Optional[slicer.vtkMRMLTableNode] = None, python: Optional[str] = None,
-                 temp_root: Optional[Path] = None) -> None:
+                 python: Optional[str], temp_root: Optional[Path]) -> None:
         if input_volume is None:
             raise ValueError("Select an input volume.")
         request.validate()
@@ -76,13 +75,31 @@ class SegmentationJob:
         self.input_volume = input_volume
         self.segmentation_node = segmentation_node
         self.request = request
-        self.table_node = table_node
         self.python = python or slicer_python()
         self.temp_root = temp_root
         self.on_progress: ProgressFn = lambda fraction, message: None
         self.on_log: LogFn = lambda line: None
         self.state_name = "not started"
         self.error_message = ""
+
+    def _output_node(self) -> slicer.vtkMRMLSegmentationNode:
+        """The segmentation to fill, created (named after the input and task) when none was given."""
+        if self.segmentation_node is None:
+            self.segmentation_node = self.scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{self.input_volume.GetName()} {self.request.task}")
+            self.segmentation_node.CreateDefaultDisplayNodes()
+        return self.segmentation_node
+
+
+class SegmentationJob(_Job):
+    """Export → child process → import for one volume; poll() until it returns True."""
+
+    def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
+                 segmentation_node: Optional[slicer.vtkMRMLSegmentationNode], request: JobRequest,
+                 table_node: Optional[slicer.vtkMRMLTableNode] = None, python: Optional[str] = None,
+                 temp_root: Optional[Path] = None) -> None:
+        super().__init__(scene, input_volume, segmentation_node, request, python, temp_root)
+        self.table_node = table_node
         self.segment_ids: list[str] = []
         self._process: Optional[runner.EngineProcess] = None
         self._folder: Optional[Path] = None
@@ -172,14 +189,10 @@ class SegmentationJob:
 
     def _import_result(self) -> None:
         self.on_progress(1.0, "Loading the segmentation")
-        if self.segmentation_node is None:
-            self.segmentation_node = self.scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", f"{self.input_volume.GetName()} {self.request.task}")
-            self.segmentation_node.CreateDefaultDisplayNodes()
         task = get_task(self.request.task)
         label_map = _requested_classes(task.classes, self.request.roi_subset)
         self.segment_ids = segmentation_import.import_segmentation(
-            self.scene, self._result_path, self.segmentation_node, self.input_volume, label_map, task.name,
+            self.scene, self._result_path, self._output_node(), self.input_volume, label_map, task.name,
             segment_info_function(self.request.use_standard_names), self.request.replace_existing)
         if self.request.statistics:
             self._load_statistics()
@@ -212,7 +225,7 @@ def segment_info_function(use_standard_names: bool) -> segmentation_import.Segme
     return info
 
 
-class SequenceJob:
+class SequenceJob(_Job):
     """Every frame of a volume sequence, one engine run after another, into a segmentation sequence.
 
     Frames are exported from the sequence's data nodes; each result becomes a segmentation of that frame,
@@ -223,20 +236,10 @@ class SequenceJob:
                  segmentation_node: Optional[slicer.vtkMRMLSegmentationNode], request: JobRequest,
                  table_node: Optional[slicer.vtkMRMLTableNode] = None, python: Optional[str] = None,
                  temp_root: Optional[Path] = None) -> None:
-        request.validate()
-        self.scene = scene
-        self.proxy = input_volume
-        self.segmentation_node = segmentation_node
-        self.request = request
-        self.python = python
-        self.temp_root = temp_root
+        super().__init__(scene, input_volume, segmentation_node, request, python, temp_root)
         self.frames = sequences.frames_of(scene, input_volume)
         if not self.frames:
             raise ValueError(f"Volume '{input_volume.GetName()}' is not part of a sequence.")
-        self.on_progress: ProgressFn = lambda fraction, message: None
-        self.on_log: LogFn = lambda line: None
-        self.state_name = "not started"
-        self.error_message = ""
         self._results: dict[str, slicer.vtkMRMLSegmentationNode] = {}
         self._current: Optional[_FrameJob] = None
         self._next = 0
@@ -248,7 +251,7 @@ class SequenceJob:
     def _start_next(self) -> None:
         frame = self.frames[self._next]
         self._next += 1
-        job = _FrameJob(self.scene, frame, self.proxy, self.request, self.python, self.temp_root)
+        job = _FrameJob(self.scene, frame, self.input_volume, self.request, self.python, self.temp_root)
         total = len(self.frames)
         job.on_progress = lambda fraction, message, i=self._next: self.on_progress(
             None if fraction is None else ((i - 1) + fraction) / total, f"Frame {i} of {total}: {message}")
@@ -273,11 +276,7 @@ class SequenceJob:
         return True
 
     def _assemble(self) -> None:
-        if self.segmentation_node is None:
-            self.segmentation_node = self.scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", f"{self.proxy.GetName()} {self.request.task}")
-            self.segmentation_node.CreateDefaultDisplayNodes()
-        sequences.assemble_segmentation_sequence(self.scene, self.proxy, self._results, self.segmentation_node)
+        sequences.assemble_segmentation_sequence(self.scene, self.input_volume, self._results, self._output_node())
         self.state_name = "succeeded"
 
     def cancel(self) -> None:
