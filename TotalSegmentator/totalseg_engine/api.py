@@ -34,7 +34,7 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
                      body_seg: bool = False, force_split: bool = False,
                      remove_small_blobs: Union[bool, float] = False, higher_order_resampling: bool = False,
                      statistics: bool = False, stats_include_incomplete: bool = False, device: str = "gpu",
-                     output_type: str = "nifti", overwrite: bool = False, download: bool = True,
+                     runtime: str = "auto", output_type: str = "nifti", overwrite: bool = False, download: bool = True,
                      progress: ProgressCallback = ignore_progress,
                      should_cancel: Callable[[], bool] = lambda: False,
                      runner_factory: Optional[pipeline.RunnerFactory] = None) -> nib.Nifti1Image:
@@ -42,14 +42,16 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
 
     ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
     "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
-    per class. Existing outputs are kept unless ``overwrite`` is set.
+    per class. Existing outputs are kept unless ``overwrite`` is set. ``runtime`` chooses what runs the network
+    on the CPU: "auto" (ONNX Runtime when installed, else torch), "onnxruntime", "torch", or "nnunet" (nnU-Net's
+    own predictor, as the official package runs it).
     """
     options = pipeline.Options(
         task=task, speed="fastest" if fastest else ("fast" if fast else "normal"),
         roi_subset=list(roi_subset) if roi_subset else None, robust_crop=robust_crop, body_seg=body_seg,
         force_split=force_split, remove_small_blobs=remove_small_blobs,
         higher_order_resampling=higher_order_resampling, statistics=statistics,
-        stats_include_incomplete=stats_include_incomplete, device=device, download=download)
+        stats_include_incomplete=stats_include_incomplete, device=device, runtime=runtime, download=download)
     if output is not None:
         output = _check_output(Path(output), ml, output_type, overwrite)
         _check_dicom_output(input, output_type)

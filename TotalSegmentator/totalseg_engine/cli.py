@@ -21,6 +21,8 @@ from .tasks import all_tasks, get_task
 
 # Output types of api.OUTPUT_TYPES, repeated so that --help answers without importing the engine.
 OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
+# prediction.RUNTIMES, repeated for the same reason.
+RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
 # Official options this engine accepts for compatibility but has no use for (thread counts, Nora).
 IGNORED_OPTIONS = (("-nr", "--nr_thr_resamp", int), ("-ns", "--nr_thr_saving", int), ("-t", "--nora_tag", str))
 
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-sii", "--stats_include_incomplete", action="store_true",
                    help="Also report classes that touch the image border.")
     p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (default gpu, CPU if none).")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="What runs the network on the CPU: auto (ONNX Runtime if installed, else torch), "
+                        "onnxruntime, torch, or nnunet (nnU-Net's own predictor). GPUs always use nnU-Net's.")
     p.add_argument("-l", "--license_number", help="Licence key for licensed tasks (stored for later runs).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     p.add_argument("--offline", action="store_true", help="Never download weights; fail if they are missing.")
@@ -149,7 +154,7 @@ def _segment(args: argparse.Namespace) -> int:
         force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
         higher_order_resampling=args.higher_order_resampling, statistics=args.statistics,
         stats_include_incomplete=args.stats_include_incomplete, device=args.device,
-        output_type=args.output_type, overwrite=args.overwrite, download=not args.offline,
+        runtime=args.runtime, output_type=args.output_type, overwrite=args.overwrite, download=not args.offline,
         progress=_reporter(args))
     if not args.quiet and not args.progress_json:
         print(f"Segmentation written to {args.output}", file=sys.stderr)

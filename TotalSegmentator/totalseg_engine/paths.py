@@ -27,3 +27,10 @@ def weights_dir() -> Path:
 def config_file() -> Path:
     """The official ``config.json`` (licence key, counters)."""
     return home_dir() / "config.json"
+
+
+def onnx_cache_dir() -> Path:
+    """ONNX exports of the downloaded networks (``TOTALSEG_ONNX_CACHE`` or ``<home>/onnx``); safe to delete."""
+    if "TOTALSEG_ONNX_CACHE" in os.environ:
+        return Path(os.environ["TOTALSEG_ONNX_CACHE"]).expanduser()
+    return home_dir() / "onnx"

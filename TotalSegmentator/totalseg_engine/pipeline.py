@@ -51,6 +51,7 @@ class Options:
     statistics: bool = False
     stats_include_incomplete: bool = False
     device: str = "gpu"
+    runtime: str = "auto"
     download: bool = True
 
 
@@ -110,16 +111,16 @@ class _Prediction:
     lowres_image: Optional[nib.Nifti1Image] = None
 
 
-def default_runner_factory(device: str) -> RunnerFactory:
-    """Load released weights from the cache onto the selected device."""
+def default_runner_factory(device: str, runtime: str = "auto") -> RunnerFactory:
+    """Load released weights from the cache onto the selected device, with the selected CPU runtime."""
     from . import weights
-    from .prediction import ModelRunner, configure_threads, select_device
+    from .prediction import check_runtime, make_runner, resolve_device
 
-    torch_device = select_device(device)
-    configure_threads(torch_device)
+    check_runtime(runtime)
+    resolved = resolve_device(device)
 
     def make(spec: ModelSpec, step: float) -> Runner:
-        return ModelRunner(weights.model_dir(spec), spec.folds, torch_device, step, spec.configuration)
+        return make_runner(weights.model_dir(spec), spec.folds, resolved, step, spec.configuration, runtime)
 
     return make
 
@@ -140,7 +141,7 @@ def segment(image: Union[str, Path, nib.Nifti1Image], options: Optional[Options]
 
         weights.ensure_weights(_required_models(task, mode, options, roi), progress=progress,
                                download=options.download, task=task.name)
-        runner_factory = default_runner_factory(options.device)
+        runner_factory = default_runner_factory(options.device, options.runtime)
     run = _Run(options, progress, should_cancel, runner_factory)
     working = nib.Nifti1Image(np.asarray(original.get_fdata(), dtype=np.float64), original.affine)
     crop = _crop_for(run, task, working, roi)

@@ -1,10 +1,17 @@
 """Run one nnU-Net v2 model on an in-memory image, the way TotalSegmentator runs it.
 
-The network is built from ``plans.json`` and handed to ``nnUNetPredictor.manual_initialization``:
-nnU-Net's trainer-class lookup would import every trainer module (and through them timm and
-torchvision), which is slow everywhere and fails with CPU-only torch builds. Preprocessing,
-the Gaussian-weighted sliding window (no mirroring) and the export back to the input shape are
-nnU-Net's own functions, so the result equals ``nnUNetv2_predict`` on the same image.
+Two runners give the same labels:
+
+- ``ModelRunner`` hands a network built from ``plans.json`` to ``nnUNetPredictor.manual_initialization``
+  (nnU-Net's trainer-class lookup would import every trainer module, and through them timm and
+  torchvision, which fails with CPU-only torch builds). Preprocessing, the Gaussian-weighted sliding
+  window (no mirroring) and the export are nnU-Net's own functions. It runs GPU and MPS inference,
+  where nnU-Net keeps the whole sliding window on the device.
+- ``SlidingWindowRunner`` is the CPU path: the same steps in NumPy (``sliding_window``) around a torch
+  or ONNX Runtime forward pass (``runtimes``), without nnU-Net's half-precision accumulation, which is
+  slow on a CPU, and without importing nnunetv2 (and, for ONNX Runtime, torch) at all.
+
+``make_runner`` picks one from the device and the ``runtime`` option.
 """
 
 from __future__ import annotations
@@ -19,11 +26,39 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import geometry
+from . import geometry, runtimes, sliding_window
 from .errors import CancelledError, TotalSegmentatorError
+from .nnunet_plans import read_model_plans
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 
-CHECKPOINT = "checkpoint_final.pth"
+CHECKPOINT = runtimes.CHECKPOINT
+# auto: ONNX Runtime on the CPU when installed, else torch; nnU-Net's own predictor on a GPU.
+RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
+_NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
+
+
+def resolve_device(requested: str = "gpu") -> str:
+    """The device a request maps to ("cpu", "cuda:N" or "mps"), without importing torch when no GPU can exist.
+
+    Importing torch takes about two seconds; on Linux without NVIDIA device files the answer is known
+    without it, so a CPU-only run never pays for it.
+    """
+    text = (requested or "auto").strip().lower()
+    if text == "cpu":
+        return "cpu"
+    if text in ("auto", "gpu", "cuda") or text.startswith(("gpu:", "cuda:")):
+        _device_index(text)  # malformed indices fail here, GPU or not
+        if not _gpu_possible():
+            if text != "auto":
+                warnings.warn(_NO_GPU, stacklevel=2)
+            return "cpu"
+    return str(select_device(requested))
+
+
+def _gpu_possible() -> bool:
+    if os.name != "posix" or not Path("/dev").is_dir() or Path("/proc/driver/nvidia").exists():
+        return True
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
 
 
 def select_device(requested: str = "gpu"):
@@ -45,7 +80,7 @@ def select_device(requested: str = "gpu"):
         index = _device_index(text)
         if not torch.cuda.is_available():
             if text != "auto":
-                warnings.warn("No GPU detected, running on the CPU. This can be slow; --fast helps.", stacklevel=2)
+                warnings.warn(_NO_GPU, stacklevel=2)
             return torch.device("cpu")
         if index >= torch.cuda.device_count():
             raise TotalSegmentatorError(
@@ -86,14 +121,13 @@ class ModelRunner:
         return self._num_input_channels
 
     def _build(self, configuration: Optional[str]):
-        import torch
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text()))
         dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
-        checkpoints = [self._load_checkpoint(fold, torch) for fold in self.folds]
+        checkpoints = [runtimes.load_checkpoint(self.model_dir, fold) for fold in self.folds]
         first = checkpoints[0]
         configuration = configuration or first["init_args"]["configuration"]
         config_manager = plans_manager.get_configuration(configuration)
@@ -114,15 +148,6 @@ class ModelRunner:
                                         first.get("trainer_name", ""), None)
         return predictor
 
-    def _load_checkpoint(self, fold: int, torch) -> dict:
-        path = self.model_dir / f"fold_{fold}" / CHECKPOINT
-        if not path.is_file():
-            raise TotalSegmentatorError(f"Model file {path} is missing; re-import or re-download these weights.")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated or foreign file: say which one
-            raise TotalSegmentatorError(f"Could not read model file {path}: {err}. Re-download it.") from err
-
     def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
                 on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Label map (x, y, z, uint8) for (x, y, z) input channels at the given spacing."""
@@ -134,6 +159,95 @@ class ModelRunner:
         finally:
             self._predictor.on_tile = None
         return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
+
+
+class SlidingWindowRunner:
+    """One model on the CPU: nnU-Net's inference steps in NumPy around a torch or ONNX Runtime forward pass.
+
+    Images that nnU-Net would resample (spacing other than the model's) go to a ``ModelRunner``, built the
+    first time one arrives.
+    """
+
+    def __init__(self, model_dir: Path, folds: Optional[Sequence[int]], tile_step_size: float,
+                 configuration: Optional[str] = None, runtime: str = "onnxruntime") -> None:
+        self.model_dir = Path(model_dir)
+        self.tile_step_size = tile_step_size
+        self.runtime = runtime
+        self.plans = read_model_plans(self.model_dir, configuration)
+        self.folds = list(folds) if folds is not None else _available_folds(self.model_dir)
+        make = runtimes.onnx_forward if runtime == "onnxruntime" else runtimes.torch_forward
+        self._forwards = [make(self.model_dir, fold, self.plans) for fold in self.folds]
+        self._resampling_runner: Optional[ModelRunner] = None
+
+    @property
+    def num_input_channels(self) -> int:
+        return self.plans.num_input_channels
+
+    def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
+                on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Label map (x, y, z, uint8) for (x, y, z) input channels at the given spacing."""
+        image = geometry.to_nnunet(channels, spacing_xyz)
+        try:
+            prepared = sliding_window.preprocess(image.data, image.spacing_zyx, self.plans)
+        except sliding_window.NeedsResampling:
+            return self._resampling().predict(channels, spacing_xyz, on_tile)
+        labels = sliding_window.predict_labels(prepared, self._forwards, self.plans, self.tile_step_size, on_tile)
+        return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
+
+    def _resampling(self) -> ModelRunner:
+        if self._resampling_runner is None:
+            import torch
+
+            self._resampling_runner = ModelRunner(self.model_dir, self.folds, torch.device("cpu"),
+                                                  self.tile_step_size, self.plans.configuration)
+        return self._resampling_runner
+
+
+def make_runner(model_dir: Path, folds: Optional[Sequence[int]], device: str, tile_step_size: float,
+                configuration: Optional[str] = None, runtime: str = "auto"):
+    """The runner for a model on ``device`` (from ``resolve_device``) with the requested runtime."""
+    runtime = check_runtime(runtime)
+    if device == "cpu" and runtime != "nnunet":
+        reason = read_model_plans(model_dir, configuration).unsupported_reason()
+        if reason is None:
+            return _sliding_window_runner(model_dir, folds, tile_step_size, configuration, runtime)
+        warnings.warn(f"{Path(model_dir).name} runs through nnU-Net's own predictor: {reason}.", stacklevel=2)
+    import torch
+
+    torch_device = torch.device(device)
+    configure_threads(torch_device)
+    return ModelRunner(model_dir, folds, torch_device, tile_step_size, configuration)
+
+
+def _sliding_window_runner(model_dir: Path, folds: Optional[Sequence[int]], tile_step_size: float,
+                           configuration: Optional[str], runtime: str) -> SlidingWindowRunner:
+    """ONNX Runtime or torch as asked; with "auto", torch when the ONNX export fails (a newer torch, say)."""
+    chosen = cpu_runtime(runtime)
+    try:
+        return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, chosen)
+    except TotalSegmentatorError as err:
+        if runtime != "auto" or chosen != "onnxruntime":
+            raise
+        warnings.warn(f"{err} Running the network in torch instead.", stacklevel=3)
+        return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, "torch")
+
+
+def check_runtime(runtime: str) -> str:
+    """A valid runtime name, or an error that lists them and says how to get ONNX Runtime."""
+    name = (runtime or "auto").strip().lower()
+    if name not in RUNTIMES:
+        raise TotalSegmentatorError(f"Unknown runtime '{runtime}'. Use one of: {', '.join(RUNTIMES)}.")
+    if name == "onnxruntime" and not runtimes.onnxruntime_available():
+        raise TotalSegmentatorError("The runtime 'onnxruntime' needs the onnxruntime package: "
+                                    "pip install onnxruntime (or choose --runtime torch).")
+    return name
+
+
+def cpu_runtime(runtime: str) -> str:
+    """What runs the forward passes on the CPU: ONNX Runtime when installed (auto), else torch."""
+    if runtime == "auto":
+        return "onnxruntime" if runtimes.onnxruntime_available() else "torch"
+    return runtime
 
 
 def _available_folds(model_dir: Path) -> list[int]:
@@ -196,4 +310,5 @@ def tile_reporter(progress: ProgressCallback, model: int, of: int, label: str,
     return report
 
 
-__all__ = ["ModelRunner", "select_device", "configure_threads", "tile_reporter", "ignore_progress"]
+__all__ = ["ModelRunner", "SlidingWindowRunner", "make_runner", "resolve_device", "select_device",
+           "configure_threads", "tile_reporter", "ignore_progress"]
