@@ -35,7 +35,7 @@ def build_models(home: Path, task: str, speed: str) -> None:
 def run_engine(args: argparse.Namespace, out: Path) -> tuple[float, float, list[str]]:
     """Wall seconds and peak RSS (MiB) of one engine run in a child process, plus its progress lines."""
     cmd = [sys.executable, "-m", "totalseg_engine", "-i", str(args.input), "-o", str(out), "--ml",
-           "-ta", args.task, "-d", args.device, "--offline", "--progress-json"]
+           "-ta", args.task, "-d", args.device, "--runtime", args.runtime, "--offline", "--progress-json"]
     cmd += {"fast": ["--fast"], "fastest": ["--fastest"], "normal": []}[args.speed]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "TotalSegmentator")}
     start = time.perf_counter()
@@ -47,35 +47,46 @@ def run_engine(args: argparse.Namespace, out: Path) -> tuple[float, float, list[
     return wall, peak_mib, proc.stdout.splitlines()
 
 
-def forward_seconds(task: str, speed: str, tiles: int, device: str) -> float:
-    """Time ``tiles`` forward passes of the same network on random patches (the irreducible part)."""
-    import torch
-    from totalseg_engine import weights
-    from totalseg_engine.prediction import ModelRunner, configure_threads, select_device
-    from totalseg_engine.tasks import get_task
+def forward_seconds(image: Path, task: str, speed: str, device: str, runtime: str,
+                    flags: tuple[str, ...] = ()) -> tuple[float, int]:
+    """Seconds spent in network forward passes during one in-process run of the same case, and their count.
 
-    torch_device = select_device(device)
-    configure_threads(torch_device)
-    total = 0.0
-    for spec in get_task(task).mode(speed).models:
-        runner = ModelRunner(weights.model_dir(spec), spec.folds, torch_device, 0.5)
-        network = runner._predictor.network.to(torch_device).eval()
-        patch = runner._predictor.configuration_manager.patch_size
-        x = torch.randn(1, runner.num_input_channels, *patch, device=torch_device)
-        with torch.inference_mode():
-            network(x)  # warm-up
+    The run uses the engine's own runners (same models, tiles and runtime as the timed process); each forward
+    call is timed (with a device synchronisation on a GPU), so the rest of the wall time is overhead.
+    """
+    from totalseg_engine import pipeline
+    from totalseg_engine.prediction import SlidingWindowRunner
+
+    spent = {"seconds": 0.0, "calls": 0}
+
+    def timed(call, sync):
+        def run(*args, **kwargs):
             start = time.perf_counter()
-            for _ in range(tiles):
-                network(x)
-            total += time.perf_counter() - start
-    return total
+            result = call(*args, **kwargs)
+            sync()
+            spent["seconds"] += time.perf_counter() - start
+            spent["calls"] += 1
+            return result
+        return run
 
+    base = pipeline.default_runner_factory(device, runtime)
 
-def count_tiles(progress_lines: list[str]) -> int:
-    from totalseg_engine.progress import parse_event_line
+    def factory(spec, step):
+        runner = base(spec, step)
+        if isinstance(runner, SlidingWindowRunner):
+            runner._forwards = [timed(f, lambda: None) for f in runner._forwards]
+        else:
+            import torch
 
-    events = [parse_event_line(line) for line in progress_lines]
-    return sum(1 for e in events if e and e.stage == "predict" and e.fraction is not None)
+            network = runner._predictor.network
+            sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+            network.forward = timed(network.forward, sync)
+        return runner
+
+    roi = list(flags[flags.index("--roi_subset") + 1:]) if "--roi_subset" in flags else None
+    options = pipeline.Options(task=task, speed=speed, roi_subset=roi, device=device, runtime=runtime, download=False)
+    pipeline.segment(image, options, runner_factory=factory)
+    return spent["seconds"], spent["calls"]
 
 
 def main() -> None:
@@ -84,19 +95,20 @@ def main() -> None:
     parser.add_argument("--task", default="total")
     parser.add_argument("--speed", default="fast", choices=["normal", "fast", "fastest"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "torch", "nnunet"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         build_models(home, args.task, args.speed)
-        wall, peak, lines = run_engine(args, Path(tmp) / "seg.nii.gz")
-        tiles = count_tiles(lines)
-        forward = forward_seconds(args.task, args.speed, tiles, args.device)
+        run_engine(args, Path(tmp) / "warm-up.nii.gz")  # makes the ONNX export, once per model
+        wall, peak, _ = run_engine(args, Path(tmp) / "seg.nii.gz")
+        forward, tiles = forward_seconds(args.input, args.task, args.speed, args.device, args.runtime)
     overhead = max(0.0, wall - forward)
     print(f"input            {args.input.name}")
-    print(f"task / speed     {args.task} / {args.speed} on {args.device}, {os.cpu_count()} cores")
+    print(f"task / speed     {args.task} / {args.speed} on {args.device} ({args.runtime}), {os.cpu_count()} cores")
     print(f"wall time        {wall:8.1f} s   (process start to output written)")
     print(f"peak memory      {peak:8.0f} MiB (max RSS of the engine process)")
-    print(f"forward passes   {forward:8.1f} s   ({tiles} tiles of the same network, timed alone)")
+    print(f"forward passes   {forward:8.1f} s   ({tiles} tiles, timed inside the same run)")
     print(f"overhead         {overhead:8.1f} s   ({100 * overhead / wall:.0f} % of wall time)")
 
 

@@ -46,5 +46,6 @@ def build_weights(home: Path) -> None:
 
 
 def child_env(home: Path) -> dict:
-    return {**os.environ, "TOTALSEG_HOME_DIR": str(home), "no_proxy": "*",
-            "PYTHONPATH": str(ROOT / "TotalSegmentator")}
+    """Environment of both tools' processes: one weights folder, our engine importable, no proxies."""
+    path = os.pathsep.join(p for p in (str(ROOT / "TotalSegmentator"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "TOTALSEG_HOME_DIR": str(home), "no_proxy": "*", "PYTHONPATH": path}

@@ -9,6 +9,7 @@ prints per-case mean Dice, the worst class larger than 1 cm³, and statistics di
 
     python benchmarks/parity.py                       # all cases
     python benchmarks/parity.py --cases fast dicom    # some of them
+    python benchmarks/parity.py --runtime torch       # our torch runtime instead of ONNX Runtime
 """
 
 from __future__ import annotations
@@ -89,16 +90,16 @@ def input_path(case: Case, work: Path) -> Path:
     return work / case.input if (work / case.input).exists() else DATA / case.input
 
 
-def run_case(case: Case, work: Path, official_bin: Path, env: dict) -> Outcome:
+def run_case(case: Case, work: Path, official_bin: Path, env: dict, device: str, runtime: str) -> Outcome:
     folder = work / case.name
     for side in ("official", "ours"):
         (folder / side).mkdir(parents=True, exist_ok=True)
     source = input_path(case, work)
-    common = ["-i", str(source), "--ml", "-d", "cpu", *case.flags] + (["--statistics"] if case.statistics else [])
+    common = ["-i", str(source), "--ml", "-d", device, *case.flags] + (["--statistics"] if case.statistics else [])
     official = run([str(official_bin / "TotalSegmentator"), *common, "-o", str(folder / "official" / "seg.nii.gz")],
                    env)
     ours = run([sys.executable, "-m", "totalseg_engine", *common, "-o", str(folder / "ours" / "seg.nii.gz"),
-                "--overwrite", "--offline"], env)
+                "--overwrite", "--offline", "--runtime", runtime], env)
     outcome = compare(case, folder)
     outcome.seconds = (official, ours)
     return outcome
@@ -155,19 +156,19 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "parity")
     parser.add_argument("--official-venv", type=Path, default=ROOT / ".venv-official")
+    parser.add_argument("--official-bin", type=Path, help="folder with an installed official TotalSegmentator")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="auto", help="our CPU runtime: auto, onnxruntime, torch or nnunet")
     args = parser.parse_args()
-    from importlib.metadata import version
-
-    import nnunetv2  # noqa: F401  (the same nnU-Net version goes into the official environment)
-
-    official_bin = official_venv(args.official_venv, version("nnunetv2"))
+    official_bin = args.official_bin or official_venv(args.official_venv)
     args.work.mkdir(parents=True, exist_ok=True)
     home = args.work / "home"
     if not home.exists():
         build_weights(home)
     derived_inputs(args.work)
     env = child_env(home)
-    outcomes = [run_case(c, args.work, official_bin, env) for c in CASES if c.name in args.cases]
+    outcomes = [run_case(c, args.work, official_bin, env, args.device, args.runtime)
+                for c in CASES if c.name in args.cases]
     report(outcomes)
 
 

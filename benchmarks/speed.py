@@ -2,11 +2,13 @@
 
 Each run is a fresh process (process start to output written). Peak memory is the largest sum of the resident
 memory of the whole process tree (the official tool runs worker processes), sampled every 50 ms. The network's
-forward passes are also timed alone (same networks, same number of sliding-window tiles), so the rest — the
-overhead — is visible.
+forward passes are timed inside an in-process run of the same case (same models, tiles and runtime), so the
+rest, the overhead, is visible; the official's forward time is that of the same torch network in nnU-Net's
+predictor. Ours is timed after one warm-up run, which makes the one-time ONNX export of each model.
 
-    python benchmarks/speed.py                         # all cases
-    python benchmarks/speed.py --cases fast_small      # some
+    python benchmarks/speed.py                                   # all cases, ONNX Runtime and torch
+    python benchmarks/speed.py --cases fast_small --runtimes onnxruntime
+    python benchmarks/speed.py --device gpu --runtimes nnunet    # on a GPU machine
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from bench_engine import count_tiles, forward_seconds
+from bench_engine import forward_seconds
 from official import DATA, ROOT, build_weights, child_env, official_venv
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -85,38 +88,60 @@ def measure(command: list[str], env: dict) -> Measurement:
     return Measurement(seconds, peak[0] / 2**20, out)
 
 
+def time_ours(case: Case, runtime: str, work: Path, env: dict, device: str) -> Measurement:
+    """One timed run of our CLI, after a warm-up run that makes the runtime's one-time ONNX export."""
+    common = ["-i", str(DATA / case.input), "--ml", "-d", device, *case.flags, "--overwrite", "--offline",
+              "--runtime", runtime]
+    command = [sys.executable, "-m", "totalseg_engine", *common, "--progress-json"]
+    warm = work / f"{case.name}_{runtime}_warm-up.nii.gz"
+    if not warm.exists():
+        measure([*command, "-o", str(warm)], env)
+    return measure([*command, "-o", str(work / f"{case.name}_{runtime}.nii.gz")], env)
+
+
+def forward_of(case: Case, runtime: str, device: str) -> float:
+    speed = "fast" if "--fast" in case.flags else "normal"
+    return forward_seconds(DATA / case.input, "total", speed, device, runtime, case.flags)[0]
+
+
+def row(name: str, seconds: float, mib: float, forward: float, official: Optional[Measurement]) -> str:
+    o_s = official.seconds if official else float("nan")
+    o_m = official.peak_mib if official else float("nan")
+    return (f"{name:24} {seconds:8.1f} {o_s / seconds:8.2f}x {mib:8.0f} {mib / o_m:6.2f} {forward:8.1f} "
+            f"{100 * (seconds - forward) / seconds:7.0f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES])
+    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime", "torch"],
+                        help="our CPU runtimes to time (nnunet: nnU-Net's own predictor inside our pipeline)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "speed")
     parser.add_argument("--official-venv", type=Path, default=ROOT / ".venv-official")
+    parser.add_argument("--official-bin", type=Path, help="folder with an installed official TotalSegmentator")
     parser.add_argument("--ours-only", action="store_true", help="skip the official runs")
     args = parser.parse_args()
-    official_bin = None if args.ours_only else official_venv(args.official_venv)
+    official_bin = args.official_bin or (None if args.ours_only else official_venv(args.official_venv))
     args.work.mkdir(parents=True, exist_ok=True)
     home = args.work / "home"
     if not home.exists():
         build_weights(home)
     os.environ["TOTALSEG_HOME_DIR"] = str(home)
     env = child_env(home)
-    print(f"{'case':11} {'official s':>10} {'ours s':>7} {'speed-up':>8} {'official MiB':>12} {'ours MiB':>9} "
-          f"{'mem ratio':>9} {'forward s':>9} {'overhead':>8}")
+    print(f"{os.cpu_count()} cores, device {args.device}; each time is one fresh process, start to output written")
+    print(f"{'case / tool':24} {'wall s':>8} {'speed-up':>9} {'peak MiB':>8} {'mem':>6} {'forward':>8} {'overhead':>8}")
     for case in (c for c in CASES if c.name in args.cases):
-        common = ["-i", str(DATA / case.input), "--ml", "-d", "cpu", *case.flags]
-        out = args.work / f"{case.name}_ours.nii.gz"
-        ours = measure([sys.executable, "-m", "totalseg_engine", *common, "-o", str(out), "--overwrite", "--offline",
-                        "--progress-json"], env)
-        tiles = count_tiles(ours.stdout.splitlines())
-        forward = forward_seconds("total", "fast", tiles, "cpu") if "--fast" in case.flags else float("nan")
         official = None
         if official_bin is not None:
-            official = measure([str(official_bin / "TotalSegmentator"), *common, "-o",
-                                str(args.work / f"{case.name}_official.nii.gz")], env)
-        o_s = official.seconds if official else float("nan")
-        o_m = official.peak_mib if official else float("nan")
-        overhead = (ours.seconds - forward) / ours.seconds if forward == forward else float("nan")
-        print(f"{case.name:11} {o_s:10.1f} {ours.seconds:7.1f} {o_s / ours.seconds:8.2f} {o_m:12.0f} "
-              f"{ours.peak_mib:9.0f} {ours.peak_mib / o_m:9.2f} {forward:9.1f} {100 * overhead:7.0f}%")
+            official = measure([str(official_bin / "TotalSegmentator"), "-i", str(DATA / case.input), "--ml", "-d",
+                                args.device, *case.flags, "-o", str(args.work / f"{case.name}_official.nii.gz")], env)
+            torch_forward = forward_of(case, "nnunet", args.device)  # the official's network, in nnU-Net's predictor
+            print(row(f"{case.name} official", official.seconds, official.peak_mib, torch_forward, official))
+        for runtime in args.runtimes:
+            ours = time_ours(case, runtime, args.work, env, args.device)
+            forward = forward_of(case, runtime, args.device)
+            print(row(f"{case.name} ours {runtime}", ours.seconds, ours.peak_mib, forward, official), flush=True)
 
 
 if __name__ == "__main__":
