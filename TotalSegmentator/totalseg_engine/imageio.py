@@ -25,6 +25,7 @@ all, and an existing output is only replaced when the caller says so.
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import secrets
 import shutil
@@ -40,12 +41,24 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InvalidInputError, OutputExistsError, TotalSegmentatorError
 
 PathLike = Union[str, os.PathLike]
+
+
+class _ImportedOnUse:
+    """A module imported on its first attribute access: NIfTI runs never pay SimpleITK's import."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+sitk = _ImportedOnUse("SimpleITK")
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
