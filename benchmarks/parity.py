@@ -90,14 +90,17 @@ def input_path(case: Case, work: Path) -> Path:
     return work / case.input if (work / case.input).exists() else DATA / case.input
 
 
-def run_case(case: Case, work: Path, official_bin: Path, env: dict, device: str, runtime: str) -> Outcome:
+def run_case(case: Case, work: Path, official_bin: Path, env: dict, device: str, runtime: str,
+             reuse_official: bool = False) -> Outcome:
     folder = work / case.name
     for side in ("official", "ours"):
         (folder / side).mkdir(parents=True, exist_ok=True)
     source = input_path(case, work)
     common = ["-i", str(source), "--ml", "-d", device, *case.flags] + (["--statistics"] if case.statistics else [])
-    official = run([str(official_bin / "TotalSegmentator"), *common, "-o", str(folder / "official" / "seg.nii.gz")],
-                   env)
+    official = 0.0
+    if not (reuse_official and (folder / "official" / "seg.nii.gz").exists()):
+        official = run([str(official_bin / "TotalSegmentator"), *common, "-o",
+                        str(folder / "official" / "seg.nii.gz")], env)
     ours = run([sys.executable, "-m", "totalseg_engine", *common, "-o", str(folder / "ours" / "seg.nii.gz"),
                 "--overwrite", "--offline", "--runtime", runtime], env)
     outcome = compare(case, folder)
@@ -159,6 +162,8 @@ def main() -> None:
     parser.add_argument("--official-bin", type=Path, help="folder with an installed official TotalSegmentator")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runtime", default="auto", help="our CPU runtime: auto, onnxruntime, torch or nnunet")
+    parser.add_argument("--reuse-official", action="store_true",
+                        help="keep official outputs of an earlier run in --work (to compare another runtime)")
     args = parser.parse_args()
     official_bin = args.official_bin or official_venv(args.official_venv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -167,7 +172,7 @@ def main() -> None:
         build_weights(home)
     derived_inputs(args.work)
     env = child_env(home)
-    outcomes = [run_case(c, args.work, official_bin, env, args.device, args.runtime)
+    outcomes = [run_case(c, args.work, official_bin, env, args.device, args.runtime, args.reuse_official)
                 for c in CASES if c.name in args.cases]
     report(outcomes)
 

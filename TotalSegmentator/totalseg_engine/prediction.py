@@ -8,8 +8,9 @@ Two runners give the same labels:
   window (no mirroring) and the export are nnU-Net's own functions. It runs GPU and MPS inference,
   where nnU-Net keeps the whole sliding window on the device.
 - ``SlidingWindowRunner`` is the CPU path: the same steps in NumPy (``sliding_window``) around a torch
-  or ONNX Runtime forward pass (``runtimes``), without nnU-Net's half-precision accumulation, which is
-  slow on a CPU, and without importing nnunetv2 (and, for ONNX Runtime, torch) at all.
+  or ONNX Runtime forward pass (``runtimes``), without importing nnunetv2 (and, for ONNX Runtime, torch).
+  With torch it sums the tiles in half precision as nnU-Net does, so the labels are identical; with
+  ONNX Runtime it sums in float32 (faster; not bit-identical, as ONNX Runtime's logits are not).
 
 ``make_runner`` picks one from the device and the ``runtime`` option.
 """
@@ -32,7 +33,8 @@ from .nnunet_plans import read_model_plans
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 
 CHECKPOINT = runtimes.CHECKPOINT
-# auto: ONNX Runtime on the CPU when installed, else torch; nnU-Net's own predictor on a GPU.
+# auto: torch on the CPU (labels bit-identical to nnU-Net's), nnU-Net's own predictor on a GPU. onnxruntime is
+# faster on a CPU but its logits differ by ~1e-3, which moves some near-tie voxels (see README, Performance).
 RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
 _NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
 
@@ -191,7 +193,8 @@ class SlidingWindowRunner:
             prepared = sliding_window.preprocess(image.data, image.spacing_zyx, self.plans)
         except sliding_window.NeedsResampling:
             return self._resampling().predict(channels, spacing_xyz, on_tile)
-        labels = sliding_window.predict_labels(prepared, self._forwards, self.plans, self.tile_step_size, on_tile)
+        labels = sliding_window.predict_labels(prepared, self._forwards, self.plans, self.tile_step_size, on_tile,
+                                               half_precision=self.runtime == "torch")
         return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
 
     def _resampling(self) -> ModelRunner:
@@ -210,26 +213,13 @@ def make_runner(model_dir: Path, folds: Optional[Sequence[int]], device: str, ti
     if device == "cpu" and runtime != "nnunet":
         reason = read_model_plans(model_dir, configuration).unsupported_reason()
         if reason is None:
-            return _sliding_window_runner(model_dir, folds, tile_step_size, configuration, runtime)
+            return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, cpu_runtime(runtime))
         warnings.warn(f"{Path(model_dir).name} runs through nnU-Net's own predictor: {reason}.", stacklevel=2)
     import torch
 
     torch_device = torch.device(device)
     configure_threads(torch_device)
     return ModelRunner(model_dir, folds, torch_device, tile_step_size, configuration)
-
-
-def _sliding_window_runner(model_dir: Path, folds: Optional[Sequence[int]], tile_step_size: float,
-                           configuration: Optional[str], runtime: str) -> SlidingWindowRunner:
-    """ONNX Runtime or torch as asked; with "auto", torch when the ONNX export fails (a newer torch, say)."""
-    chosen = cpu_runtime(runtime)
-    try:
-        return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, chosen)
-    except TotalSegmentatorError as err:
-        if runtime != "auto" or chosen != "onnxruntime":
-            raise
-        warnings.warn(f"{err} Running the network in torch instead.", stacklevel=3)
-        return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, "torch")
 
 
 def check_runtime(runtime: str) -> str:
@@ -244,10 +234,8 @@ def check_runtime(runtime: str) -> str:
 
 
 def cpu_runtime(runtime: str) -> str:
-    """What runs the forward passes on the CPU: ONNX Runtime when installed (auto), else torch."""
-    if runtime == "auto":
-        return "onnxruntime" if runtimes.onnxruntime_available() else "torch"
-    return runtime
+    """What runs the forward passes on the CPU: torch unless ONNX Runtime was asked for."""
+    return "torch" if runtime == "auto" else runtime
 
 
 def _available_folds(model_dir: Path) -> list[int]:

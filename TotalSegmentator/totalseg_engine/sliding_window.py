@@ -157,33 +157,70 @@ def count_tiles(shape: Sequence[int], plans: ModelPlans, step: float) -> int:
 
 
 def predict_labels(image: Preprocessed, forwards: Sequence[Forward], plans: ModelPlans, step: float,
-                   on_tile: Optional[TileCallback] = None) -> np.ndarray:
-    """Label map on the untransposed, uncropped grid of ``preprocess``'s input (nnU-Net's axis order)."""
+                   on_tile: Optional[TileCallback] = None, half_precision: bool = False) -> np.ndarray:
+    """Label map on the untransposed, uncropped grid of ``preprocess``'s input (nnU-Net's axis order).
+
+    ``half_precision`` sums the tiles exactly as nnU-Net does on a CPU (torch half tensors), which makes the
+    labels bit-identical to ``nnUNetPredictor`` for the same logits; otherwise the float32 sums decide.
+    """
     data, unpad = pad_to_patch(image.data, plans.patch_size)
-    scores = _weighted_logit_sums(data, forwards, plans, step, on_tile)
-    labels = argmax_classes(scores[(slice(None), *unpad)], np.dtype(plans.label_dtype))
-    del scores
+    tiles = _tiles(data.shape[1:], plans.patch_size, step)
+    if half_precision:
+        labels = _half_precision_labels(data, tiles, forwards, plans, unpad, on_tile)
+    else:
+        scores = _weighted_logit_sums(data, tiles, forwards, plans, on_tile)
+        labels = argmax_classes(scores[(slice(None), *unpad)], np.dtype(plans.label_dtype))
+        del scores
     full = np.zeros(image.shape_before_cropping, dtype=labels.dtype)
     full[tuple(slice(lo, hi) for lo, hi in image.bbox)] = labels
     return full.transpose(plans.transpose_backward)
 
 
-def _weighted_logit_sums(data: np.ndarray, forwards: Sequence[Forward], plans: ModelPlans, step: float,
-                         on_tile: Optional[TileCallback]) -> np.ndarray:
+def _tiles(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[slice, ...]]:
+    starts = tile_starts(shape, patch, step)
+    return [tuple(slice(s, s + p) for s, p in zip(corner, patch))
+            for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(patch))]
+
+
+def _half_precision_labels(data: np.ndarray, tiles: list[tuple[slice, ...]], forwards: Sequence[Forward],
+                           plans: ModelPlans, unpad: tuple[slice, ...], on_tile: Optional[TileCallback]) -> np.ndarray:
+    """nnU-Net's CPU arithmetic, operation for operation: half-precision sums per fold, fold mean, argmax."""
+    import torch
+
+    weights = torch.from_numpy(gaussian_weights(plans.patch_size)).half()
+    total, done = None, 0
+    for forward in forwards:
+        logits = torch.zeros((plans.num_classes, *data.shape[1:]), dtype=torch.half)
+        counts = torch.zeros(data.shape[1:], dtype=torch.half)
+        for tile in tiles:
+            prediction = torch.from_numpy(np.asarray(forward(np.ascontiguousarray(data[(slice(None), *tile)][None])),
+                                                     dtype=np.float32)[0])
+            prediction *= weights
+            logits[(slice(None), *tile)] += prediction
+            counts[tile] += weights
+            done += 1
+            if on_tile is not None:
+                on_tile(done, len(tiles) * len(forwards))
+        torch.div(logits, counts, out=logits)
+        logits = logits[(slice(None), *unpad)]
+        total = logits if total is None else total + logits
+    if len(forwards) > 1:
+        total /= len(forwards)
+    return total.argmax(0).numpy().astype(plans.label_dtype)
+
+
+def _weighted_logit_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forwards: Sequence[Forward],
+                         plans: ModelPlans, on_tile: Optional[TileCallback]) -> np.ndarray:
     """Sum over folds and tiles of Gaussian-weighted logits (whose argmax is nnU-Net's prediction).
 
     A single tile of a single fold needs no weights at all: a positive weight per voxel leaves its argmax as is.
     """
-    patch = plans.patch_size
-    starts = tile_starts(data.shape[1:], patch, step)
-    tiles = [tuple(slice(s, s + p) for s, p in zip(corner, patch))
-             for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(patch))]
     if len(tiles) == 1 and len(forwards) == 1:
         logits = np.asarray(forwards[0](np.ascontiguousarray(data[None])), dtype=np.float32)[0]
         if on_tile is not None:
             on_tile(1, 1)
         return logits
-    weights = gaussian_weights(patch)
+    weights = gaussian_weights(plans.patch_size)
     scores = np.zeros((plans.num_classes, *data.shape[1:]), dtype=np.float32)
     total, done = len(tiles) * len(forwards), 0
     for forward in forwards:
