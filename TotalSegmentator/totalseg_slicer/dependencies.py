@@ -30,7 +30,6 @@ REQUIREMENTS = (
     Requirement("SimpleITK", "2.2"),
     Requirement("nibabel", "5.0"),
     Requirement("scipy", "1.10"),
-    Requirement("onnxruntime", "1.17", "runs the networks on the CPU about 1.7 times faster than torch"),
 )
 
 
