@@ -162,7 +162,10 @@ def test_torch_runtime_labels_equal_nnunet_exactly(ct_model, ct_crop, step):
 def test_onnxruntime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_crop):
     reference_runner, half_logits, bbox = nnunet_half_logits(ct_model, ct_crop)
     expected = reference_runner.predict([ct_crop], (3.0, 3.0, 3.0))
-    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, "onnxruntime").predict([ct_crop], (3.0, 3.0, 3.0))
+    ticks = []
+    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, "onnxruntime").predict([ct_crop], (3.0, 3.0, 3.0),
+                                                                              lambda d, t: ticks.append((d, t)))
+    assert ticks[-1][0] == ticks[-1][1] == len(ticks) > 1
     differ = geometry.to_nnunet([ours != expected], (3.0, 3.0, 3.0)).data[0]
     crop = tuple(slice(lo, hi) for lo, hi in bbox)
     outside = np.ones(differ.shape, bool)
@@ -310,3 +313,27 @@ def test_command_line_offers_the_runtimes_of_the_engine():
     from totalseg_engine import cli, prediction
 
     assert cli.RUNTIMES == prediction.RUNTIMES
+
+
+@pytest.mark.parametrize("half_precision", [False, True])
+def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop, half_precision):
+    """One tile (image smaller than the patch): labels are the argmax of its logits, placed back into the image."""
+    plans = read_model_plans(ct_model)
+    plans = type(plans)(**{**plans.__dict__, "patch_size": (64, 64, 80)})
+    image = geometry.to_nnunet([ct_crop], (3.0, 3.0, 3.0))
+    prepared = sliding_window.preprocess(image.data, image.spacing_zyx, plans)
+    rng = np.random.default_rng(4)
+    seen = []
+
+    def forward(patch):
+        seen.append(patch.shape)
+        return rng.normal(size=(1, plans.num_classes, *patch.shape[2:])).astype(np.float32)
+
+    ticks = []
+    labels = sliding_window.predict_labels(prepared, [forward], plans, 0.5, lambda d, t: ticks.append((d, t)),
+                                           half_precision=half_precision)
+    assert seen == [(1, 1, 64, 64, 80)] and ticks == [(1, 1)]
+    assert labels.shape == image.data.shape[1:] and labels.dtype == np.uint8
+    outside = np.ones(labels.shape, bool)
+    outside[tuple(slice(lo, hi) for lo, hi in prepared.bbox)] = False
+    assert not labels[outside].any() and len(np.unique(labels)) == plans.num_classes
