@@ -228,8 +228,8 @@ def check_runtime(runtime: str) -> str:
     if name not in RUNTIMES:
         raise TotalSegmentatorError(f"Unknown runtime '{runtime}'. Use one of: {', '.join(RUNTIMES)}.")
     if name == "onnxruntime" and not runtimes.onnxruntime_available():
-        raise TotalSegmentatorError("The runtime 'onnxruntime' needs the onnxruntime package: "
-                                    "pip install onnxruntime (or choose --runtime torch).")
+        raise TotalSegmentatorError("The runtime 'onnxruntime' needs the onnxruntime and onnx packages: "
+                                    "pip install onnxruntime onnx (or choose --runtime torch).")
     return name
 
 

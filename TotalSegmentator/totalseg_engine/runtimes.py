@@ -28,7 +28,8 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 
 def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+    """ONNX Runtime and the onnx package (torch's exporter writes through it) are both installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def checkpoint_path(model_dir: Path, fold: int) -> Path:
