@@ -43,8 +43,8 @@ def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str
     ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
     "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
     per class. Existing outputs are kept unless ``overwrite`` is set. ``runtime`` chooses what runs the network
-    on the CPU: "auto" (ONNX Runtime when installed, else torch), "onnxruntime", "torch", or "nnunet" (nnU-Net's
-    own predictor, as the official package runs it).
+    on the CPU: "auto" or "torch" (labels identical to the official tool's), "onnxruntime" (faster, not
+    bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
     """
     options = pipeline.Options(
         task=task, speed="fastest" if fastest else ("fast" if fast else "normal"),

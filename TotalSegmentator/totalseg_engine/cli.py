@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Also report classes that touch the image border.")
     p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (default gpu, CPU if none).")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                   help="What runs the network on the CPU: auto (ONNX Runtime if installed, else torch), "
-                        "onnxruntime, torch, or nnunet (nnU-Net's own predictor). GPUs always use nnU-Net's.")
+                   help="What runs the network on the CPU: auto or torch (identical to the official labels), "
+                        "onnxruntime (faster, not bit-identical), or nnunet (nnU-Net's own predictor). "
+                        "GPUs always use nnU-Net's.")
     p.add_argument("-l", "--license_number", help="Licence key for licensed tasks (stored for later runs).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     p.add_argument("--offline", action="store_true", help="Never download weights; fail if they are missing.")

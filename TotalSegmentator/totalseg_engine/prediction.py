@@ -171,7 +171,7 @@ class SlidingWindowRunner:
     """
 
     def __init__(self, model_dir: Path, folds: Optional[Sequence[int]], tile_step_size: float,
-                 configuration: Optional[str] = None, runtime: str = "onnxruntime") -> None:
+                 configuration: Optional[str] = None, runtime: str = "torch") -> None:
         self.model_dir = Path(model_dir)
         self.tile_step_size = tile_step_size
         self.runtime = runtime

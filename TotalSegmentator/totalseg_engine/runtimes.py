@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -20,9 +19,10 @@ import numpy as np
 
 from . import paths
 from .errors import TotalSegmentatorError
+from .imageio import atomic_output
 from .nnunet_plans import ModelPlans
+from .weights import CHECKPOINT
 
-CHECKPOINT = "checkpoint_final.pth"
 ONNX_OPSET = 17
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -101,9 +101,9 @@ def onnx_export(model_dir: Path, fold: int, plans: ModelPlans) -> Path:
     source = _fingerprint(checkpoint, plans)
     if target.is_file() and note.is_file() and _read_json(note) == source:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     _export(load_network(model_dir, fold, plans), plans, target)
-    _write_atomically(note, json.dumps(source, indent=1).encode())
+    with atomic_output(note, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(source, indent=1))
     return target
 
 
@@ -125,27 +125,10 @@ def _export(network, plans: ModelPlans, target: Path) -> None:
     import torch
 
     example = torch.zeros(1, plans.num_input_channels, *plans.patch_size)
-    handle, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=target.parent)
-    os.close(handle)
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
+        with atomic_output(target, overwrite=True) as temporary, torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation notices: expected, and no use to a user
-            torch.onnx.export(network, (example,), tmp, input_names=["image"], output_names=["logits"],
+            torch.onnx.export(network, (example,), str(temporary), input_names=["image"], output_names=["logits"],
                               opset_version=ONNX_OPSET, dynamo=False)
-        os.replace(tmp, target)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, Exception):
-            raise TotalSegmentatorError(f"Could not export the network to ONNX ({err}); use --runtime torch.") from err
-        raise
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except Exception as err:
+        raise TotalSegmentatorError(f"Could not export the network to ONNX ({err}); use --runtime torch.") from err

@@ -152,8 +152,7 @@ def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarra
 
 def count_tiles(shape: Sequence[int], plans: ModelPlans, step: float) -> int:
     """Tiles one fold needs for a crop of ``shape`` (after padding to the patch size)."""
-    padded = np.maximum(np.asarray(shape), plans.patch_size)
-    return int(np.prod([len(s) for s in tile_starts(padded, plans.patch_size, step)]))
+    return len(_tiles(np.maximum(np.asarray(shape), plans.patch_size), plans.patch_size, step))
 
 
 def predict_labels(image: Preprocessed, forwards: Sequence[Forward], plans: ModelPlans, step: float,
