@@ -2,8 +2,8 @@
 
 Every step is compared with the nnunetv2 / acvl_utils function it reproduces, on real CT and MR images; the
 whole runner is compared with ``nnUNetPredictor``: with torch the labels are identical (the tiles are summed
-in half precision as nnU-Net does); with ONNX Runtime (float32 sums of slightly different logits) they differ
-only where nnU-Net's two best classes nearly tie.
+in half precision as nnU-Net does); with ONNX Runtime (the same sums of slightly different logits) they
+differ only where nnU-Net's two best classes nearly tie.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_padding_equals_acvl(shape):
 def test_argmax_takes_the_first_of_equal_scores(dtype):
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 4, size=(300 if dtype == np.uint16 else 7, 9, 5, 4)).astype(np.float32)
-    labels = sliding_window.argmax_classes(scores, np.dtype(dtype), workers=3)
+    labels = sliding_window.argmax_classes(scores, np.dtype(dtype))
     assert labels.dtype == dtype
     np.testing.assert_array_equal(labels, scores.argmax(0))
 
@@ -155,6 +155,16 @@ def test_torch_runtime_labels_equal_nnunet_exactly(ct_model, ct_crop, step):
     expected = ModelRunner(ct_model, [0], torch.device("cpu"), step).predict([ct_crop], (3.0, 3.0, 3.0))
     ours = SlidingWindowRunner(ct_model, [0], step, None, "torch").predict([ct_crop], (3.0, 3.0, 3.0))
     assert ours.dtype == np.uint8 and len(np.unique(expected)) == len(LABELS) + 1
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_single_tile_labels_equal_nnunet_exactly(ct_model, ct_crop):
+    small = ct_crop[10:38, 15:42, 20:50]  # fits in the 32^3 patch: one tile, no sum arrays
+    expected = ModelRunner(ct_model, [0], torch.device("cpu"), 0.5).predict([small], (3.0, 3.0, 3.0))
+    ticks = []
+    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, "torch").predict([small], (3.0, 3.0, 3.0),
+                                                                        lambda d, t: ticks.append((d, t)))
+    assert ticks == [(1, 1)] and len(np.unique(expected)) == len(LABELS) + 1
     np.testing.assert_array_equal(ours, expected)
 
 
@@ -191,6 +201,27 @@ def test_folds_are_summed_like_nnunet_ensembles(tmp_path, ct_crop):
     assert (single != expected).mean() > 0.05  # the second fold really changes the answer
     assert ticks[-1][0] == ticks[-1][1] == 2 * sliding_window.count_tiles(ct_crop.shape[::-1],
                                                                           read_model_plans(model), 0.5)
+
+
+def test_fold_mean_rounds_like_torch_half_tensors():
+    """Three folds (a mean that is not a power-of-two division), checked against nnU-Net's torch operations."""
+    rng = np.random.default_rng(3)
+
+    def fold():  # classes 0.07 % apart: half precision ties many of them, float32 would not
+        logits = (rng.integers(2, 4, size=(6, 9, 8, 7)) + rng.uniform(0, 0.01, size=(6, 9, 8, 7))) * 7
+        return sliding_window._HalfSums(logits.astype(np.float16), rng.uniform(0.5, 30, (9, 8, 7)).astype(np.float16))
+
+    folds = [fold() for _ in range(3)]
+    unpad = (slice(1, 8), slice(0, 8), slice(2, 6))
+    mean = None
+    for fold in folds:  # predict_sliding_window_return_logits, then the sum over folds and the division
+        quotient = torch.from_numpy(fold.logits) / torch.from_numpy(fold.weights)
+        mean = quotient if mean is None else mean + quotient
+    mean /= len(folds)
+    expected = mean[(slice(None), *unpad)].argmax(0).numpy()
+    in_float32 = sum(f.logits.astype(np.float32) / f.weights for f in folds)[(slice(None), *unpad)].argmax(0)
+    assert (in_float32 != expected).sum() > 5
+    np.testing.assert_array_equal(sliding_window._fold_mean_argmax(folds, unpad, np.dtype(np.uint8)), expected)
 
 
 def test_other_spacing_goes_through_nnunet_resampling(ct_model, ct_crop):
@@ -315,8 +346,7 @@ def test_command_line_offers_the_runtimes_of_the_engine():
     assert cli.RUNTIMES == prediction.RUNTIMES
 
 
-@pytest.mark.parametrize("half_precision", [False, True])
-def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop, half_precision):
+def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop):
     """One tile (image smaller than the patch): labels are the argmax of its logits, placed back into the image."""
     plans = read_model_plans(ct_model)
     plans = type(plans)(**{**plans.__dict__, "patch_size": (64, 64, 80)})
@@ -330,9 +360,15 @@ def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop, half_precis
         return rng.normal(size=(1, plans.num_classes, *patch.shape[2:])).astype(np.float32)
 
     ticks = []
-    labels = sliding_window.predict_labels(prepared, [forward], plans, 0.5, lambda d, t: ticks.append((d, t)),
-                                           half_precision=half_precision)
+    labels = sliding_window.predict_labels(prepared, [forward], plans, 0.5, lambda d, t: ticks.append((d, t)))
     assert seen == [(1, 1, 64, 64, 80)] and ticks == [(1, 1)]
+    rng = np.random.default_rng(4)  # the same logits again, through the sums used for several tiles
+    padded, unpad = sliding_window.pad_to_patch(prepared.data, plans.patch_size)
+    tile = tuple(slice(0, p) for p in plans.patch_size)
+    sums = sliding_window._half_precision_sums(padded, [tile], forward, plans, lambda: None,
+                                               sliding_window.NUMPY_CASTS)
+    general = sliding_window._fold_mean_argmax([sums], unpad, np.dtype(np.uint8))
+    np.testing.assert_array_equal(labels[tuple(slice(lo, hi) for lo, hi in prepared.bbox)], general)
     assert labels.shape == image.data.shape[1:] and labels.dtype == np.uint8
     outside = np.ones(labels.shape, bool)
     outside[tuple(slice(lo, hi) for lo, hi in prepared.bbox)] = False

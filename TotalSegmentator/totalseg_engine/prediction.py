@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import geometry, runtimes, sliding_window
+from . import allocator, geometry, runtimes, sliding_window
 from .errors import CancelledError, TotalSegmentatorError
 from .nnunet_plans import read_model_plans
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -177,8 +177,10 @@ class SlidingWindowRunner:
         self.runtime = runtime
         self.plans = read_model_plans(self.model_dir, configuration)
         self.folds = list(folds) if folds is not None else _available_folds(self.model_dir)
-        make = runtimes.onnx_forward if runtime == "onnxruntime" else runtimes.torch_forward
+        onnx = runtime == "onnxruntime"
+        make = runtimes.onnx_forward if onnx else runtimes.torch_forward
         self._forwards = [make(self.model_dir, fold, self.plans) for fold in self.folds]
+        self._casts = runtimes.onnx_half_casts() if onnx else runtimes.torch_half_casts()
         self._resampling_runner: Optional[ModelRunner] = None
 
     @property
@@ -193,8 +195,9 @@ class SlidingWindowRunner:
             prepared = sliding_window.preprocess(image.data, image.spacing_zyx, self.plans)
         except sliding_window.NeedsResampling:
             return self._resampling().predict(channels, spacing_xyz, on_tile)
-        labels = sliding_window.predict_labels(prepared, self._forwards, self.plans, self.tile_step_size, on_tile,
-                                               half_precision=self.runtime == "torch")
+        with allocator.reuse_freed_memory():
+            labels = sliding_window.predict_labels(prepared, self._forwards, self.plans, self.tile_step_size,
+                                                   on_tile, self._casts)
         return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
 
     def _resampling(self) -> ModelRunner:

@@ -21,6 +21,7 @@ from . import paths
 from .errors import TotalSegmentatorError
 from .imageio import atomic_output
 from .nnunet_plans import ModelPlans
+from .sliding_window import HalfCasts
 from .weights import CHECKPOINT
 
 ONNX_OPSET = 17
@@ -91,6 +92,36 @@ def onnx_forward(model_dir: Path, fold: int, plans: ModelPlans) -> Forward:
         return session.run(None, {name: patch})[0]
 
     return forward
+
+
+def torch_half_casts() -> HalfCasts:
+    """Half-precision casts through torch's vectorised conversions."""
+    import torch
+
+    return HalfCasts(lambda a: torch.from_numpy(a).half().numpy(), lambda a: torch.from_numpy(a).float().numpy())
+
+
+def onnx_half_casts() -> HalfCasts:
+    """Half-precision casts through ONNX Runtime's Cast operator (one thread each: callers run them in parallel)."""
+    from onnx import TensorProto
+
+    to_half = _cast_session(TensorProto.FLOAT, TensorProto.FLOAT16)
+    to_float = _cast_session(TensorProto.FLOAT16, TensorProto.FLOAT)
+    return HalfCasts(lambda a: to_half.run(None, {"x": np.ascontiguousarray(a)})[0],
+                     lambda a: to_float.run(None, {"x": np.ascontiguousarray(a)})[0])
+
+
+def _cast_session(source: int, target: int):
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=target)], "cast",
+                              [helper.make_tensor_value_info("x", source, None)],
+                              [helper.make_tensor_value_info("y", target, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_export(model_dir: Path, fold: int, plans: ModelPlans) -> Path:

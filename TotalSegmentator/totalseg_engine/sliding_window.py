@@ -2,15 +2,10 @@
 
 Each step reproduces nnU-Net's own arithmetic (``DefaultPreprocessor.run_case_npy``,
 ``compute_steps_for_sliding_window``, ``compute_gaussian``, ``pad_nd_image``, the export back to the input
-shape). The Gaussian-weighted tile sums come in two kinds:
-
-- ``half_precision=True`` (the torch runtime): nnU-Net's CPU arithmetic exactly (half-precision sums per fold,
-  division by the summed weights, fold mean, first-index argmax), so the labels equal ``nnUNetPredictor``'s.
-  The rounding matters: with 118 classes about 0.1 % of voxels change without it. It is done through
-  vectorised float32 conversions and a running-maximum argmax, several times faster than nnU-Net's mixed-type
-  adds and half-precision argmax.
-- float32 (ONNX Runtime, whose logits differ from torch's by ~1e-3 anyway): sums without the division, which
-  does not change the argmax, and no weighting at all for a single tile.
+shape) and nnU-Net's CPU arithmetic for the Gaussian-weighted tile sums: half-precision sums per fold,
+division by the summed weights, fold mean, first-index argmax. That rounding matters: with 118 classes about
+0.1 % of voxels change without it. Here it runs slab by slab on every core through float32 conversions, several
+times faster than nnU-Net's mixed-type adds and half-precision argmax, and needs no torch.
 
 The forward pass is any callable taking a (1, channels, *patch) float32 array and returning (1, classes, *patch)
 logits, so the same code serves ONNX Runtime and torch.
@@ -18,8 +13,10 @@ logits, so the same code serves ONNX Runtime and torch.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -29,6 +26,22 @@ from .nnunet_plans import ModelPlans
 
 Forward = Callable[[np.ndarray], np.ndarray]
 TileCallback = Callable[[int, int], None]
+Cast = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class HalfCasts:
+    """float32 -> float16 (round to nearest even) and back, as new arrays.
+
+    The runtimes supply their own (F16C code in torch or ONNX Runtime): NumPy's casts give the same bits but
+    are over ten times slower, and nnU-Net's arithmetic needs one of each per value and step.
+    """
+
+    to_half: Cast
+    to_float: Cast
+
+
+NUMPY_CASTS = HalfCasts(lambda a: a.astype(np.float16), lambda a: a.astype(np.float32))
 
 
 class NeedsResampling(ValueError):
@@ -120,9 +133,16 @@ def tile_starts(image_size: Sequence[int], patch_size: Sequence[int], step: floa
 
 
 def gaussian_weights(patch_size: Sequence[int]) -> np.ndarray:
-    """nnU-Net's tile importance map: sigma patch/8, peak 10, stored in half precision, no zeros.
+    """nnU-Net's tile importance map: sigma patch/8, peak 10, stored in half precision, no zeros (read-only).
 
-    nnU-Net filters a 3-D impulse; filtering an impulse is separable, so the outer product of the 1-D
+    Made once per patch size: the models of a task share one.
+    """
+    return _gaussian_weights(tuple(int(p) for p in patch_size))
+
+
+@lru_cache(maxsize=4)
+def _gaussian_weights(patch_size: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net filters a 3-D impulse; filtering an impulse is separable, so the outer product of the 1-D
     filtered impulses is the same array (bit for bit) at a hundredth of the cost.
     """
     weights = np.ones((1,) * len(patch_size))
@@ -135,7 +155,9 @@ def gaussian_weights(patch_size: Sequence[int]) -> np.ndarray:
     # torch (which nnU-Net uses) rounds float64 to half through float32; NumPy rounds directly
     weights = (weights / (np.max(weights) / 10)).astype(np.float32).astype(np.float16)
     weights[weights == 0] = weights[weights != 0].min()
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -156,20 +178,22 @@ def count_tiles(shape: Sequence[int], plans: ModelPlans, step: float) -> int:
 
 
 def predict_labels(image: Preprocessed, forwards: Sequence[Forward], plans: ModelPlans, step: float,
-                   on_tile: Optional[TileCallback] = None, half_precision: bool = False) -> np.ndarray:
+                   on_tile: Optional[TileCallback] = None, casts: HalfCasts = NUMPY_CASTS) -> np.ndarray:
     """Label map on the untransposed, uncropped grid of ``preprocess``'s input (nnU-Net's axis order).
 
-    ``half_precision`` sums the tiles exactly as nnU-Net does on a CPU (torch half tensors), which makes the
-    labels bit-identical to ``nnUNetPredictor`` for the same logits; otherwise the float32 sums decide.
+    The tiles are summed with nnU-Net's CPU arithmetic, rounding for rounding, so for the same logits the
+    labels equal ``nnUNetPredictor``'s.
     """
     data, unpad = pad_to_patch(image.data, plans.patch_size)
     tiles = _tiles(data.shape[1:], plans.patch_size, step)
-    if half_precision:
-        labels = _half_precision_labels(data, tiles, forwards, plans, unpad, on_tile)
+    tick = _counter(len(tiles) * len(forwards), on_tile)
+    dtype = np.dtype(plans.label_dtype)
+    if len(tiles) == 1 and len(forwards) == 1:
+        labels = _single_tile_labels(data, tiles[0], forwards[0], plans, unpad, tick, dtype, casts)
     else:
-        scores = _weighted_logit_sums(data, tiles, forwards, plans, on_tile)
-        labels = argmax_classes(scores[(slice(None), *unpad)], np.dtype(plans.label_dtype))
-        del scores
+        folds = [_half_precision_sums(data, tiles, forward, plans, tick, casts) for forward in forwards]
+        labels = _fold_mean_argmax(folds, unpad, dtype, casts)
+        del folds
     full = np.zeros(image.shape_before_cropping, dtype=labels.dtype)
     full[tuple(slice(lo, hi) for lo, hi in image.bbox)] = labels
     return full.transpose(plans.transpose_backward)
@@ -203,71 +227,123 @@ def _tile_logits(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forw
         yield tile, logits
 
 
-def _half_precision_labels(data: np.ndarray, tiles: list[tuple[slice, ...]], forwards: Sequence[Forward],
-                           plans: ModelPlans, unpad: tuple[slice, ...], on_tile: Optional[TileCallback]) -> np.ndarray:
-    """nnU-Net's CPU arithmetic, operation for operation: half-precision sums per fold, fold mean, argmax."""
-    import torch
+def in_slabs(length: int, work: Callable[[slice], None], rows: int = 4) -> None:
+    """Call ``work`` on consecutive slabs of ``rows`` indices of an axis, on every core.
 
-    weights = torch.from_numpy(gaussian_weights(plans.patch_size)).half()
-    tick = _counter(len(tiles) * len(forwards), on_tile)
-    total = None
-    for forward in forwards:  # each fold summed and divided by the weights in half, as nnU-Net does
-        sums = torch.zeros((plans.num_classes, *data.shape[1:]), dtype=torch.half)
-        counts = torch.zeros(data.shape[1:], dtype=torch.half)
-        for tile, logits in _tile_logits(data, tiles, forward, tick):
-            prediction = torch.from_numpy(logits)
-            prediction *= weights
-            region = sums[(slice(None), *tile)]
-            prediction += region.float()  # half + float: added in float32, rounded to half, as torch does in
-            region.copy_(prediction)      # nnU-Net's mixed-type "+=", but through fast vectorised conversions
-            counts[tile] += weights
-        torch.div(sums, counts, out=sums)
-        sums = sums[(slice(None), *unpad)]
-        total = sums if total is None else total + sums
-    if len(forwards) > 1:
-        total /= len(forwards)
-    # half -> float32 is exact and keeps the order, and the running maximum takes the first of equal classes
-    # like torch.argmax, at a fraction of the cost of argmax over the class axis of a half tensor
-    return argmax_classes(total.float().numpy(), np.dtype(plans.label_dtype))
-
-
-def _weighted_logit_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forwards: Sequence[Forward],
-                         plans: ModelPlans, on_tile: Optional[TileCallback]) -> np.ndarray:
-    """Sum over folds and tiles of Gaussian-weighted logits (whose argmax is nnU-Net's prediction).
-
-    A single tile of a single fold needs no weights at all: a positive weight per voxel leaves its argmax as is.
+    NumPy releases the GIL in its loops, and slabs of a few slices stay in the cache between the steps of
+    ``work``, which full-volume operations would stream through memory once per step.
     """
-    tick = _counter(len(tiles) * len(forwards), on_tile)
-    if len(tiles) == 1 and len(forwards) == 1:
-        return next(_tile_logits(data, tiles, forwards[0], tick))[1]
+    slabs = [slice(lo, min(lo + rows, length)) for lo in range(0, length, rows)]
+    workers = min(os.cpu_count() or 1, len(slabs))
+    if workers <= 1:
+        for slab in slabs:
+            work(slab)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, slabs))
+
+
+@dataclass
+class _HalfSums:
+    """One fold's Gaussian-weighted logit sums and weight sums, in half precision as nnU-Net keeps them on a CPU."""
+
+    logits: np.ndarray  # (classes, *padded shape), float16
+    weights: np.ndarray  # padded shape, float16
+
+
+def _half_precision_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forward, plans: ModelPlans,
+                         tick: Callable[[], None], casts: HalfCasts) -> _HalfSums:
+    """Sum one fold's tiles as nnU-Net does on a CPU: float32 logits times the weights, added into half tensors.
+
+    torch adds a float32 tile to a half tensor in float32 and rounds the sum to half; the weight sums are
+    half + half, likewise computed in float32 and rounded.
+    """
     weights = gaussian_weights(plans.patch_size)
-    scores = np.zeros((plans.num_classes, *data.shape[1:]), dtype=np.float32)
-    for forward in forwards:
-        for tile, logits in _tile_logits(data, tiles, forward, tick):
-            np.multiply(logits, weights, out=logits)
-            scores[(slice(None), *tile)] += logits
-    return scores
+    weights_half = weights.astype(np.float16)
+    sums = _HalfSums(np.zeros((plans.num_classes, *data.shape[1:]), np.float16), np.zeros(data.shape[1:], np.float16))
+    for tile, logits in _tile_logits(data, tiles, forward, tick):
+        region = sums.logits[(slice(None), *tile)]
+
+        def add(rows: slice, logits: np.ndarray = logits, region: np.ndarray = region) -> None:
+            block = logits[:, rows]
+            np.multiply(block, weights[rows], out=block)
+            block += casts.to_float(region[:, rows])
+            region[:, rows] = casts.to_half(block)
+
+        in_slabs(logits.shape[1], add)
+        sums.weights[tile] += weights_half
+    return sums
 
 
-def argmax_classes(scores: np.ndarray, dtype: np.dtype, workers: int = 2) -> np.ndarray:
-    """First index of the largest score along axis 0 (as torch.argmax), as a running maximum over classes.
+def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtype: np.dtype,
+                      casts: HalfCasts = NUMPY_CASTS) -> np.ndarray:
+    """nnU-Net's last steps, in half precision: sums over weights per fold, the fold mean, first-index argmax.
 
-    The first axis of the spatial block is split between ``workers`` threads (NumPy releases the GIL).
+    Every half-precision operation is done as torch does it on a CPU: in float32, rounded back to half.
     """
-    labels = np.zeros(scores.shape[1:], dtype=dtype)
-    if scores.shape[1] == 0:
-        return labels
-    bounds = np.linspace(0, scores.shape[1], min(workers, scores.shape[1]) + 1).astype(int)
+    labels = np.zeros(tuple(s.stop - s.start for s in unpad), dtype)
 
-    def run(lo: int, hi: int) -> None:
-        block, out = scores[:, lo:hi], labels[lo:hi]
-        best = block[0].copy()
-        better = np.empty(best.shape, dtype=bool)
-        for c in range(1, block.shape[0]):
-            np.greater(block[c], best, out=better)
-            np.copyto(best, block[c], where=better)
-            out[better] = c
+    def finish(rows: slice) -> None:
+        window = _rows_of(unpad, rows)
+        mean = None
+        for fold in folds:
+            quotient = casts.to_float(fold.logits[(slice(None), *window)])
+            quotient /= fold.weights[window].astype(np.float32)
+            quotient = _rounded(quotient, casts)
+            mean = quotient if mean is None else _rounded(mean + quotient, casts)
+        if len(folds) > 1:
+            mean = _rounded(mean / np.float32(len(folds)), casts)
+        _first_argmax(mean, labels[rows])
 
-    with ThreadPoolExecutor(len(bounds) - 1) as pool:
-        list(pool.map(run, bounds[:-1], bounds[1:]))
+    in_slabs(labels.shape[0], finish)
     return labels
+
+
+def _single_tile_labels(data: np.ndarray, tile: tuple[slice, ...], forward: Forward, plans: ModelPlans,
+                        unpad: tuple[slice, ...], tick: Callable[[], None], dtype: np.dtype,
+                        casts: HalfCasts) -> np.ndarray:
+    """The same arithmetic for one tile of one fold, without the sum arrays (an image no larger than the patch).
+
+    nnU-Net's sums start at zero, so after one tile they hold the weighted logits rounded to half (0 + x is x)
+    and the weights themselves; each slab goes from logits to labels while it is in the cache.
+    """
+    _, logits = next(_tile_logits(data, [tile], forward, tick))
+    weights = gaussian_weights(plans.patch_size)
+    labels = np.zeros(tuple(s.stop - s.start for s in unpad), dtype)
+
+    def finish(rows: slice) -> None:
+        window = _rows_of(unpad, rows)
+        quotient = _rounded(logits[(slice(None), *window)] * weights[window], casts)
+        quotient /= weights[window]
+        _first_argmax(_rounded(quotient, casts), labels[rows])
+
+    in_slabs(labels.shape[0], finish)
+    return labels
+
+
+def _rows_of(unpad: tuple[slice, ...], rows: slice) -> tuple[slice, ...]:
+    """The window of the padded array holding ``rows`` of the unpadded one."""
+    return (slice(unpad[0].start + rows.start, unpad[0].start + rows.stop), *unpad[1:])
+
+
+def _rounded(values: np.ndarray, casts: HalfCasts) -> np.ndarray:
+    """float32 values rounded to half precision, kept in float32 (exact) for the next step."""
+    return casts.to_float(casts.to_half(values))
+
+
+def argmax_classes(scores: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """First index of the largest score along axis 0 (as torch.argmax), slab by slab on every core."""
+    labels = np.zeros(scores.shape[1:], dtype=dtype)
+    in_slabs(labels.shape[0], lambda rows: _first_argmax(scores[:, rows], labels[rows]))
+    return labels
+
+
+def _first_argmax(scores: np.ndarray, out: np.ndarray) -> None:
+    """Running maximum over classes; ties keep the first class, like torch.argmax, and need no class-axis sort."""
+    best = scores[0].copy()
+    better = np.empty(best.shape, dtype=bool)
+    out[...] = 0
+    for c in range(1, scores.shape[0]):
+        np.greater(scores[c], best, out=better)
+        np.maximum(best, scores[c], out=best)
+        np.copyto(out, c, where=better)

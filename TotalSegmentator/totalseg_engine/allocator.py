@@ -1,0 +1,48 @@
+"""Keep freed memory in the process while torch runs a network on the CPU (glibc only).
+
+torch frees and reallocates every activation of a forward pass. glibc serves blocks this large with fresh
+``mmap`` pages, which the kernel zeroes and faults in again on each allocation: on a 2-core VM that was a third
+of the forward pass of nnU-Net's default CT network (2.4 million page faults, 8 s of system time). With the
+thresholds raised, the blocks come from the heap and are reused, and the forward pass computes the same values
+with the same kernels in 20-25 % less time. The memory is handed back to the system afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator, Optional
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+KEEP = 1 << 30  # blocks up to 1 GiB come from the heap; the trim threshold is then never reached
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> Optional[ctypes.CDLL]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and other C libraries without glibc's tuning calls
+        return None
+
+
+@contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Inside: large blocks are taken from and returned to the heap. After: glibc's defaults, heap trimmed."""
+    libc = _glibc()
+    if libc is None or not (libc.mallopt(M_MMAP_THRESHOLD, KEEP) and libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
