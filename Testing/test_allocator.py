@@ -29,6 +29,9 @@ def test_freed_blocks_are_reused_inside_and_returned_after():
     with allocator.reuse_freed_memory():
         faults_of_second_allocation()  # grows the heap once
         assert faults_of_second_allocation() <= 2
+        with allocator.reuse_freed_memory():  # a nested use (a prediction inside a whole run)
+            assert faults_of_second_allocation() <= 2
+        assert faults_of_second_allocation() <= 2  # the outer one still holds
     assert faults_of_second_allocation() >= fresh  # the defaults are back
 
 

@@ -203,6 +203,23 @@ def test_folds_are_summed_like_nnunet_ensembles(tmp_path, ct_crop):
                                                                           read_model_plans(model), 0.5)
 
 
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("onnxruntime", marks=needs_ort)])
+def test_tile_sums_of_each_runtime_equal_numpy_half_arithmetic(runtime):
+    """Overlapping tiles summed with the runtime's fast casts give the bits of NumPy's own float16 arithmetic."""
+    casts = runtimes.torch_half_casts() if runtime == "torch" else runtimes.onnx_half_casts()
+    rng = np.random.default_rng(11)
+    weights = sliding_window.gaussian_weights((16, 16, 16))
+    ours, reference = np.zeros((5, 24, 24, 24), np.float16), np.zeros((5, 24, 24, 24), np.float16)
+    for corner in [(0, 0, 0), (8, 4, 0), (8, 8, 8), (0, 8, 4)]:
+        tile = (slice(None), *(slice(c, c + 16) for c in corner))
+        logits = (rng.normal(size=(5, 16, 16, 16)) * 30).astype(np.float32)
+        expected = (reference[tile].astype(np.float32) + logits * weights).astype(np.float16)
+        reference[tile] = expected
+        casts.accumulate(ours[tile], logits, weights)
+    assert np.unique(reference).size > 1000
+    np.testing.assert_array_equal(ours.view(np.uint16), reference.view(np.uint16))
+
+
 def test_fold_mean_rounds_like_torch_half_tensors():
     """Three folds (a mean that is not a power-of-two division), checked against nnU-Net's torch operations."""
     rng = np.random.default_rng(3)

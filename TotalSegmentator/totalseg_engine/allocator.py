@@ -33,16 +33,27 @@ def _glibc() -> Optional[ctypes.CDLL]:
         return None
 
 
+_depth = 0
+
+
 @contextmanager
 def reuse_freed_memory() -> Iterator[None]:
-    """Inside: large blocks are taken from and returned to the heap. After: glibc's defaults, heap trimmed."""
+    """Inside: large blocks are taken from and returned to the heap. After: glibc's defaults, heap trimmed.
+
+    Nested uses keep the outermost one's settings until it ends.
+    """
+    global _depth
     libc = _glibc()
-    if libc is None or not (libc.mallopt(M_MMAP_THRESHOLD, KEEP) and libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP)):
+    if libc is None or (_depth == 0 and not (libc.mallopt(M_MMAP_THRESHOLD, KEEP)
+                                           and libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP))):
         yield
         return
+    _depth += 1
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
+        _depth -= 1
+        if _depth == 0:
+            libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+            libc.malloc_trim(0)

@@ -94,11 +94,30 @@ def onnx_forward(model_dir: Path, fold: int, plans: ModelPlans) -> Forward:
     return forward
 
 
+class TorchHalfCasts(HalfCasts):
+    """Half-precision casts through torch's vectorised conversions, and the tile sum as nnU-Net writes it.
+
+    In-place torch operations on the whole tile (intra-op threads, no temporaries) add a tile about twice as
+    fast as NumPy slabs; the values are the same, since this is nnU-Net's own arithmetic.
+    """
+
+    def accumulate(self, region: np.ndarray, logits: np.ndarray, weights: np.ndarray) -> None:
+        import torch
+
+        prediction = torch.from_numpy(logits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the shared weights are read-only, and only read here
+            prediction *= torch.from_numpy(weights)
+        target = torch.from_numpy(region)
+        prediction += target
+        target.copy_(prediction)
+
+
 def torch_half_casts() -> HalfCasts:
     """Half-precision casts through torch's vectorised conversions."""
     import torch
 
-    return HalfCasts(lambda a: torch.from_numpy(a).half().numpy(), lambda a: torch.from_numpy(a).float().numpy())
+    return TorchHalfCasts(lambda a: torch.from_numpy(a).half().numpy(), lambda a: torch.from_numpy(a).float().numpy())
 
 
 def onnx_half_casts() -> HalfCasts:

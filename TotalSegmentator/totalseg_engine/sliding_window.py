@@ -31,7 +31,7 @@ Cast = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class HalfCasts:
-    """float32 -> float16 (round to nearest even) and back, as new arrays.
+    """float32 -> float16 (round to nearest even) and back, as new arrays, and the tile sum built on them.
 
     The runtimes supply their own (F16C code in torch or ONNX Runtime): NumPy's casts give the same bits but
     are over ten times slower, and nnU-Net's arithmetic needs one of each per value and step.
@@ -39,6 +39,19 @@ class HalfCasts:
 
     to_half: Cast
     to_float: Cast
+
+    def accumulate(self, region: np.ndarray, logits: np.ndarray, weights: np.ndarray) -> None:
+        """``region`` (half) += ``logits`` x ``weights``, added in float32 and rounded, as torch does for nnU-Net.
+
+        ``logits`` is overwritten.
+        """
+        def add(rows: slice) -> None:
+            block = logits[:, rows]
+            np.multiply(block, weights[rows], out=block)
+            block += self.to_float(region[:, rows])
+            region[:, rows] = self.to_half(block)
+
+        in_slabs(logits.shape, add)
 
 
 NUMPY_CASTS = HalfCasts(lambda a: a.astype(np.float16), lambda a: a.astype(np.float32))
@@ -227,12 +240,17 @@ def _tile_logits(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forw
         yield tile, logits
 
 
-def in_slabs(length: int, work: Callable[[slice], None], rows: int = 4) -> None:
-    """Call ``work`` on consecutive slabs of ``rows`` indices of an axis, on every core.
+SLAB_VALUES = 1 << 22  # values per slab and step: a few MiB, in the cache and worth a task
 
-    NumPy releases the GIL in its loops, and slabs of a few slices stay in the cache between the steps of
-    ``work``, which full-volume operations would stream through memory once per step.
+
+def in_slabs(shape: Sequence[int], work: Callable[[slice], None]) -> None:
+    """Call ``work`` on slabs along the second axis of a (classes, *spatial) array of ``shape``, on every core.
+
+    NumPy and torch release the GIL in their loops, and a slab of a few MiB stays in the cache between the
+    steps of ``work``, which full-volume operations would stream through memory once per step.
     """
+    length = shape[1]
+    rows = max(1, min(length, SLAB_VALUES // max(1, int(np.prod(shape)) // max(1, length))))
     slabs = [slice(lo, min(lo + rows, length)) for lo in range(0, length, rows)]
     workers = min(os.cpu_count() or 1, len(slabs))
     if workers <= 1:
@@ -262,15 +280,7 @@ def _half_precision_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forwa
     weights_half = weights.astype(np.float16)
     sums = _HalfSums(np.zeros((plans.num_classes, *data.shape[1:]), np.float16), np.zeros(data.shape[1:], np.float16))
     for tile, logits in _tile_logits(data, tiles, forward, tick):
-        region = sums.logits[(slice(None), *tile)]
-
-        def add(rows: slice, logits: np.ndarray = logits, region: np.ndarray = region) -> None:
-            block = logits[:, rows]
-            np.multiply(block, weights[rows], out=block)
-            block += casts.to_float(region[:, rows])
-            region[:, rows] = casts.to_half(block)
-
-        in_slabs(logits.shape[1], add)
+        casts.accumulate(sums.logits[(slice(None), *tile)], logits, weights)
         sums.weights[tile] += weights_half
     return sums
 
@@ -295,7 +305,7 @@ def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtyp
             mean = _rounded(mean / np.float32(len(folds)), casts)
         _first_argmax(mean, labels[rows])
 
-    in_slabs(labels.shape[0], finish)
+    in_slabs((len(folds[0].logits), *labels.shape), finish)
     return labels
 
 
@@ -317,7 +327,7 @@ def _single_tile_labels(data: np.ndarray, tile: tuple[slice, ...], forward: Forw
         quotient /= weights[window]
         _first_argmax(_rounded(quotient, casts), labels[rows])
 
-    in_slabs(labels.shape[0], finish)
+    in_slabs((len(logits), *labels.shape), finish)
     return labels
 
 
@@ -334,7 +344,7 @@ def _rounded(values: np.ndarray, casts: HalfCasts) -> np.ndarray:
 def argmax_classes(scores: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """First index of the largest score along axis 0 (as torch.argmax), slab by slab on every core."""
     labels = np.zeros(scores.shape[1:], dtype=dtype)
-    in_slabs(labels.shape[0], lambda rows: _first_argmax(scores[:, rows], labels[rows]))
+    in_slabs(scores.shape, lambda rows: _first_argmax(scores[:, rows], labels[rows]))
     return labels
 
 
