@@ -150,21 +150,17 @@ def _segment(args: argparse.Namespace) -> int:
     if args.license_number:
         weights.set_license_key(args.license_number)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
-        _run_api(api, args)
+        api.totalsegmentator(
+            args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest,
+            roi_subset=args.roi_subset, robust_crop=args.robust_crop, body_seg=args.body_seg,
+            force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
+            higher_order_resampling=args.higher_order_resampling, statistics=args.statistics,
+            stats_include_incomplete=args.stats_include_incomplete, device=args.device,
+            runtime=args.runtime, output_type=args.output_type, overwrite=args.overwrite,
+            download=not args.offline, progress=_reporter(args))
     if not args.quiet and not args.progress_json:
         print(f"Segmentation written to {args.output}", file=sys.stderr)
     return 0
-
-
-def _run_api(api, args: argparse.Namespace) -> None:
-    api.totalsegmentator(
-        args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest,
-        roi_subset=args.roi_subset, robust_crop=args.robust_crop, body_seg=args.body_seg,
-        force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
-        higher_order_resampling=args.higher_order_resampling, statistics=args.statistics,
-        stats_include_incomplete=args.stats_include_incomplete, device=args.device,
-        runtime=args.runtime, output_type=args.output_type, overwrite=args.overwrite, download=not args.offline,
-        progress=_reporter(args))
 
 
 def run() -> None:

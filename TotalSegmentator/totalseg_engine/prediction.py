@@ -9,8 +9,8 @@ Two runners give the same labels:
   where nnU-Net keeps the whole sliding window on the device.
 - ``SlidingWindowRunner`` is the CPU path: the same steps in NumPy (``sliding_window``) around a torch
   or ONNX Runtime forward pass (``runtimes``), without importing nnunetv2 (and, for ONNX Runtime, torch).
-  With torch it sums the tiles in half precision as nnU-Net does, so the labels are identical; with
-  ONNX Runtime it sums in float32 (faster; not bit-identical, as ONNX Runtime's logits are not).
+  Both sum the tiles in half precision as nnU-Net does, so with torch the labels are identical; ONNX
+  Runtime's are not, as its logits differ slightly from torch's.
 
 ``make_runner`` picks one from the device and the ``runtime`` option.
 """

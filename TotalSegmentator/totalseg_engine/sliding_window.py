@@ -341,13 +341,6 @@ def _rounded(values: np.ndarray, casts: HalfCasts) -> np.ndarray:
     return casts.to_float(casts.to_half(values))
 
 
-def argmax_classes(scores: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """First index of the largest score along axis 0 (as torch.argmax), slab by slab on every core."""
-    labels = np.zeros(scores.shape[1:], dtype=dtype)
-    in_slabs(scores.shape, lambda rows: _first_argmax(scores[:, rows], labels[rows]))
-    return labels
-
-
 def _first_argmax(scores: np.ndarray, out: np.ndarray) -> None:
     """Running maximum over classes; ties keep the first class, like torch.argmax, and need no class-axis sort."""
     best = scores[0].copy()
