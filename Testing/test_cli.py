@@ -143,6 +143,20 @@ def test_progress_json_lines_from_a_child_process(home, data_dir, tmp_path):
     assert (tmp_path / "seg.nii.gz").is_file()
 
 
+def test_program_exit_keeps_every_line_and_the_exit_code(home, tmp_path):
+    """The program ends without Python's teardown: what is still buffered for a pipe must arrive all the same."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "TotalSegmentator")}
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as a terminal-less child usually is
+    listing = subprocess.run([sys.executable, "-m", "totalseg_engine", "--list-tasks"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert listing.returncode == 0
+    assert listing.stdout.strip() == cli.format_tasks().strip() and len(listing.stdout) > 4096
+    failed = subprocess.run([sys.executable, "-m", "totalseg_engine", "-i", str(tmp_path / "missing.nii.gz"),
+                             "-o", str(tmp_path / "seg.nii.gz"), "--offline"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert failed.returncode == 1 and "ERROR: Input not found" in failed.stderr and "missing.nii.gz" in failed.stderr
+
+
 def test_output_exists_needs_overwrite(home, data_dir, tmp_path, capsys):
     write_task_models(paths.weights_dir(), "total", "fast", SMALL_3MM, seed=5)
     target = tmp_path / "seg.nii.gz"

@@ -96,3 +96,58 @@ def test_device_strings():
     for bad in ("tpu", "gpu:x"):
         with pytest.raises(TotalSegmentatorError, match="Unknown device"):
             select_device(bad)
+
+
+def _reference_network(model_dir):
+    """The fold-0 network the plain way: built on the CPU, then the checkpoint copied into it."""
+    import json
+
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = json.loads((model_dir / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
+    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     1, len(LABELS) + 1, allow_init=True, deep_supervision=False)
+    network.load_state_dict(torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=False)
+                            ["network_weights"])
+    return network.eval()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["mapped", "legacy-format"])
+def test_network_built_without_initialisation_computes_the_same(model_dir, tmp_path, legacy):
+    """The meta-device build with the checkpoint's own tensors gives the plain build's logits, bit for bit."""
+    import shutil
+
+    from totalseg_engine import runtimes
+    from totalseg_engine.nnunet_plans import read_model_plans
+
+    if legacy:  # torch's pre-1.6 format cannot be memory-mapped and is read whole
+        copy = tmp_path / model_dir.parent.name / model_dir.name
+        shutil.copytree(model_dir, copy)
+        checkpoint = copy / "fold_0" / "checkpoint_final.pth"
+        torch.save(torch.load(checkpoint, weights_only=False), checkpoint, _use_new_zipfile_serialization=False)
+        with pytest.raises(RuntimeError):
+            torch.load(checkpoint, weights_only=False, mmap=True)
+        model = copy
+    else:
+        model = model_dir
+    network = runtimes.load_network(model, 0, read_model_plans(model, None))
+    assert not any(t.is_meta for t in network.parameters())
+    patch = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 32, 32, 32)).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(network(patch), _reference_network(model_dir)(patch), rtol=0, atol=0)
+
+
+def test_checkpoint_that_does_not_fit_the_plans_is_named(model_dir, tmp_path):
+    import shutil
+
+    from totalseg_engine import runtimes
+    from totalseg_engine.nnunet_plans import read_model_plans
+
+    copy = tmp_path / model_dir.parent.name / model_dir.name
+    shutil.copytree(model_dir, copy)
+    checkpoint = copy / "fold_0" / "checkpoint_final.pth"
+    content = torch.load(checkpoint, weights_only=False)
+    content["network_weights"].pop(next(iter(content["network_weights"])))
+    torch.save(content, checkpoint)
+    with pytest.raises(TotalSegmentatorError, match="do not fit the network described by plans.json"):
+        runtimes.load_network(copy, 0, read_model_plans(copy, None))

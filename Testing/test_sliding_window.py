@@ -383,11 +383,26 @@ def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop):
     rng = np.random.default_rng(4)  # the same logits again, through the sums used for several tiles
     padded, unpad = sliding_window.pad_to_patch(prepared.data, plans.patch_size)
     tile = tuple(slice(0, p) for p in plans.patch_size)
-    sums = sliding_window._half_precision_sums(padded, [tile], forward, plans, lambda: None,
-                                               sliding_window.NUMPY_CASTS)
+    sums = sliding_window._HalfSums(
+        sliding_window._logit_sums(padded, [tile], forward, plans, lambda: None, sliding_window.NUMPY_CASTS),
+        sliding_window.weight_sums(padded.shape[1:], plans.patch_size, 0.5))
     general = sliding_window._fold_mean_argmax([sums], unpad, np.dtype(np.uint8))
     np.testing.assert_array_equal(labels[tuple(slice(lo, hi) for lo, hi in prepared.bbox)], general)
     assert labels.shape == image.data.shape[1:] and labels.dtype == np.uint8
     outside = np.ones(labels.shape, bool)
     outside[tuple(slice(lo, hi) for lo, hi in prepared.bbox)] = False
     assert not labels[outside].any() and len(np.unique(labels)) == plans.num_classes
+
+
+def test_weight_sums_equal_nnunet_half_tensor_and_are_shared():
+    """nnU-Net adds each tile's Gaussian into a half tensor; the cached sums hold the same bits, read-only."""
+    patch, shape, step = (32, 32, 32), (70, 45, 33), 0.5
+    gaussian = torch.from_numpy(sliding_window.gaussian_weights(patch).astype(np.float16))
+    expected = torch.zeros(shape, dtype=torch.half)
+    for tile in sliding_window._tiles(shape, patch, step):
+        expected[tile] += gaussian
+    sums = sliding_window.weight_sums(shape, patch, step)
+    np.testing.assert_array_equal(sums, expected.numpy())
+    assert sums.max() > sliding_window.gaussian_weights(patch).max()  # tiles overlap: sums, not one tile
+    assert sliding_window.weight_sums(list(shape), list(patch), step) is sums
+    assert not sums.flags.writeable

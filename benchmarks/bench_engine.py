@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "TotalSegmentator"), str(ROOT / "Testing")]
 
+from timed_engine import ForwardClock, parse_forward  # noqa: E402
+
 
 def build_models(home: Path, task: str, speed: str) -> None:
     from model_factory import NNUNET_DEFAULT_CT, write_task_models
@@ -32,9 +34,9 @@ def build_models(home: Path, task: str, speed: str) -> None:
     write_task_models(paths.weights_dir(), task, speed, NNUNET_DEFAULT_CT, seed=0)
 
 
-def run_engine(args: argparse.Namespace, out: Path) -> tuple[float, float, list[str]]:
-    """Wall seconds and peak RSS (MiB) of one engine run in a child process, plus its progress lines."""
-    cmd = [sys.executable, "-m", "totalseg_engine", "-i", str(args.input), "-o", str(out), "--ml",
+def run_engine(args: argparse.Namespace, out: Path) -> tuple[float, float, float, int]:
+    """Wall seconds, peak RSS (MiB), forward seconds and forward calls of one engine run in a child process."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "timed_engine.py"), "-i", str(args.input), "-o", str(out), "--ml",
            "-ta", args.task, "-d", args.device, "--runtime", args.runtime, "--offline", "--progress-json"]
     cmd += {"fast": ["--fast"], "fastest": ["--fastest"], "normal": []}[args.speed]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "TotalSegmentator")}
@@ -44,49 +46,23 @@ def run_engine(args: argparse.Namespace, out: Path) -> tuple[float, float, list[
     if proc.returncode != 0:
         raise SystemExit(f"engine failed:\n{proc.stderr}")
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, peak_mib, proc.stdout.splitlines()
+    return wall, peak_mib, *parse_forward(proc.stderr)
 
 
 def forward_seconds(image: Path, task: str, speed: str, device: str, runtime: str,
                     flags: tuple[str, ...] = ()) -> tuple[float, int]:
     """Seconds spent in network forward passes during one in-process run of the same case, and their count.
 
-    The run uses the engine's own runners (same models, tiles and runtime as the timed process); each forward
-    call is timed (with a device synchronisation on a GPU), so the rest of the wall time is overhead.
+    For a runtime that the timed process does not report itself (nnU-Net's predictor standing in for the
+    official tool's network): same models and tiles, each forward call timed.
     """
     from totalseg_engine import pipeline
-    from totalseg_engine.prediction import SlidingWindowRunner
 
-    spent = {"seconds": 0.0, "calls": 0}
-
-    def timed(call, sync):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            result = call(*args, **kwargs)
-            sync()
-            spent["seconds"] += time.perf_counter() - start
-            spent["calls"] += 1
-            return result
-        return run
-
-    base = pipeline.default_runner_factory(device, runtime)
-
-    def factory(spec, step):
-        runner = base(spec, step)
-        if isinstance(runner, SlidingWindowRunner):
-            runner._forwards = [timed(f, lambda: None) for f in runner._forwards]
-        else:
-            import torch
-
-            network = runner._predictor.network
-            sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-            network.forward = timed(network.forward, sync)
-        return runner
-
+    clock = ForwardClock()
     roi = list(flags[flags.index("--roi_subset") + 1:]) if "--roi_subset" in flags else None
     options = pipeline.Options(task=task, speed=speed, roi_subset=roi, device=device, runtime=runtime, download=False)
-    pipeline.segment(image, options, runner_factory=factory)
-    return spent["seconds"], spent["calls"]
+    pipeline.segment(image, options, runner_factory=clock.factory(pipeline.default_runner_factory(device, runtime)))
+    return clock.seconds, clock.calls
 
 
 def main() -> None:
@@ -101,8 +77,7 @@ def main() -> None:
         home = Path(tmp) / "home"
         build_models(home, args.task, args.speed)
         run_engine(args, Path(tmp) / "warm-up.nii.gz")  # makes the ONNX export, once per model
-        wall, peak, _ = run_engine(args, Path(tmp) / "seg.nii.gz")
-        forward, tiles = forward_seconds(args.input, args.task, args.speed, args.device, args.runtime)
+        wall, peak, forward, tiles = run_engine(args, Path(tmp) / "seg.nii.gz")
     overhead = max(0.0, wall - forward)
     print(f"input            {args.input.name}")
     print(f"task / speed     {args.task} / {args.speed} on {args.device} ({args.runtime}), {os.cpu_count()} cores")

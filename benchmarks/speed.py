@@ -1,12 +1,13 @@
 """Wall time and peak memory of the official TotalSegmentator and of our engine, on the same CPU, models and inputs.
 
 Each run is a fresh process (process start to output written). Peak memory is the largest sum of the resident
-memory of the whole process tree (the official tool runs worker processes), sampled every 50 ms. The network's
-forward passes are timed inside an in-process run of the same case (same models, tiles and runtime), so the
-rest, the overhead, is visible; the official's forward time is that of the same torch network in nnU-Net's
-predictor. Ours is timed after one warm-up run, which makes the one-time ONNX export of each model.
+memory of the whole process tree (the official tool runs worker processes), sampled every 50 ms. Our network's
+forward passes are timed inside the timed run itself (``timed_engine``), so the rest, the overhead, is that
+run's own; the official's forward time is that of the same torch network in nnU-Net's predictor, run in
+this process on the same tiles. Ours is timed after one warm-up run, which makes the one-time ONNX export of each model.
 
     python benchmarks/speed.py                                   # all cases, ONNX Runtime and torch
+    python benchmarks/speed.py --cases normal_chest --runtimes torch
     python benchmarks/speed.py --cases fast_small --runtimes onnxruntime
     python benchmarks/speed.py --device gpu --runtimes nnunet    # on a GPU machine
 """
@@ -25,6 +26,7 @@ from typing import Optional
 
 from bench_engine import forward_seconds
 from official import DATA, ROOT, build_weights, child_env, official_venv
+from timed_engine import parse_forward
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -41,6 +43,7 @@ CASES = [
     Case("fast_chest", "chest_cta_1.5mm.nii.gz", ("--fast",)),
     Case("roi_chest", "chest_cta_1.5mm.nii.gz", ("--roi_subset", "liver", "spleen")),
     Case("normal_sm", "example_ct_sm.nii.gz", ()),
+    Case("normal_chest", "chest_cta_1.5mm.nii.gz", ()),  # a larger CT: five part models, many tiles each
 ]
 
 
@@ -49,6 +52,7 @@ class Measurement:
     seconds: float
     peak_mib: float
     stdout: str
+    stderr: str
 
 
 def tree_rss(pgid: int) -> int:
@@ -85,23 +89,24 @@ def measure(command: list[str], env: dict) -> Measurement:
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{err[-3000:]}")
-    return Measurement(seconds, peak[0] / 2**20, out)
+    return Measurement(seconds, peak[0] / 2**20, out, err)
 
 
 def time_ours(case: Case, runtime: str, work: Path, env: dict, device: str) -> Measurement:
     """One timed run of our CLI, after a warm-up run that makes the runtime's one-time ONNX export."""
     common = ["-i", str(DATA / case.input), "--ml", "-d", device, *case.flags, "--overwrite", "--offline",
               "--runtime", runtime]
-    command = [sys.executable, "-m", "totalseg_engine", *common, "--progress-json"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "timed_engine.py"), *common, "--progress-json"]
     warm = work / f"{case.name}_{runtime}_warm-up.nii.gz"
     if not warm.exists():
         measure([*command, "-o", str(warm)], env)
     return measure([*command, "-o", str(work / f"{case.name}_{runtime}.nii.gz")], env)
 
 
-def forward_of(case: Case, runtime: str, device: str) -> float:
+def official_forward(case: Case, device: str) -> float:
+    """The official's forward passes: the same torch network in nnU-Net's predictor, on the same tiles."""
     speed = "fast" if "--fast" in case.flags else "normal"
-    return forward_seconds(DATA / case.input, "total", speed, device, runtime, case.flags)[0]
+    return forward_seconds(DATA / case.input, "total", speed, device, "nnunet", case.flags)[0]
 
 
 def row(name: str, seconds: float, mib: float, forward: float, official: Optional[Measurement]) -> str:
@@ -136,11 +141,11 @@ def main() -> None:
         if official_bin is not None:
             official = measure([str(official_bin / "TotalSegmentator"), "-i", str(DATA / case.input), "--ml", "-d",
                                 args.device, *case.flags, "-o", str(args.work / f"{case.name}_official.nii.gz")], env)
-            torch_forward = forward_of(case, "nnunet", args.device)  # the official's network, in nnU-Net's predictor
-            print(row(f"{case.name} official", official.seconds, official.peak_mib, torch_forward, official))
+            print(row(f"{case.name} official", official.seconds, official.peak_mib,
+                      official_forward(case, args.device), official))
         for runtime in args.runtimes:
             ours = time_ours(case, runtime, args.work, env, args.device)
-            forward = forward_of(case, runtime, args.device)
+            forward = parse_forward(ours.stderr)[0]
             print(row(f"{case.name} ours {runtime}", ours.seconds, ours.peak_mib, forward, official), flush=True)
 
 

@@ -123,7 +123,6 @@ class ModelRunner:
         return self._num_input_channels
 
     def _build(self, configuration: Optional[str]):
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -135,10 +134,10 @@ class ModelRunner:
         config_manager = plans_manager.get_configuration(configuration)
         self._num_input_channels = determine_num_input_channels(plans_manager, config_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = get_network_from_plans(
+        network = runtimes.empty_network(
             config_manager.network_arch_class_name, config_manager.network_arch_init_kwargs,
-            config_manager.network_arch_init_kwargs_req_import, self._num_input_channels, num_outputs,
-            allow_init=False, deep_supervision=False)
+            config_manager.network_arch_init_kwargs_req_import, self._num_input_channels, num_outputs
+        ).to_empty(device="cpu")  # storage, without a random initialisation the weights then overwrite
         parameters = [c["network_weights"] for c in checkpoints]
         network.load_state_dict(parameters[0])
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a CPU notice on stdout

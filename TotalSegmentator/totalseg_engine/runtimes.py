@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -41,26 +41,53 @@ def checkpoint_path(model_dir: Path, fold: int) -> Path:
 
 
 def load_checkpoint(model_dir: Path, fold: int) -> dict:
-    """One fold's checkpoint, with a message naming the file when it is missing or unreadable."""
+    """One fold's checkpoint, with a message naming the file when it is missing or unreadable.
+
+    The file is memory-mapped: its tensors are read from the page cache as the network first uses them, instead
+    of being copied in full before the run starts. Checkpoints in torch's legacy format cannot be mapped and are
+    read whole.
+    """
     import torch
 
     path = checkpoint_path(model_dir, fold)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # legacy format (or damaged: the plain read below says which)
+        pass
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file: say which one
         raise TotalSegmentatorError(f"Could not read model file {path}: {err}. Re-download it.") from err
 
 
-def load_network(model_dir: Path, fold: int, plans: ModelPlans):
-    """The torch network of one fold, built from plans.json (no trainer lookup), weights loaded, in eval mode."""
+def empty_network(class_name: str, kwargs: dict, kwargs_to_import: Sequence[str], channels: int, classes: int):
+    """The network's modules with no storage behind their weights (torch's meta device), built in milliseconds.
+
+    Built on the CPU, every convolution would first fill its weights with a random initialisation that the
+    checkpoint then overwrites: about 0.3 s for nnU-Net's default CT network.
+    """
+    import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+    with torch.device("meta"):
+        return get_network_from_plans(class_name, kwargs, kwargs_to_import, channels, classes, allow_init=False,
+                                      deep_supervision=False)
+
+
+def load_network(model_dir: Path, fold: int, plans: ModelPlans):
+    """The torch network of one fold, built from plans.json (no trainer lookup), weights loaded, in eval mode."""
     checkpoint = load_checkpoint(model_dir, fold)
-    network = get_network_from_plans(plans.network_class_name, plans.network_kwargs, plans.network_kwargs_to_import,
-                                     plans.num_input_channels, plans.num_classes, allow_init=False,
-                                     deep_supervision=False)
-    network.load_state_dict(checkpoint["network_weights"])
-    return network.eval()
+    network = empty_network(plans.network_class_name, plans.network_kwargs, plans.network_kwargs_to_import,
+                            plans.num_input_channels, plans.num_classes)
+    try:  # the checkpoint's own tensors become the weights: no copy
+        network.load_state_dict(checkpoint["network_weights"], assign=True)
+    except (KeyError, RuntimeError) as err:
+        raise TotalSegmentatorError(f"The weights in {checkpoint_path(model_dir, fold)} do not fit the network "
+                                    f"described by plans.json ({err}). Re-download this model.") from err
+    unset = [name for name, tensor in (*network.named_parameters(), *network.named_buffers()) if tensor.is_meta]
+    if unset:
+        raise TotalSegmentatorError(f"The checkpoint in {model_dir} has no values for {', '.join(unset[:3])}.")
+    return network.float().eval()  # float(): a half-precision checkpoint computes like its float32 copy would
 
 
 def torch_forward(model_dir: Path, fold: int, plans: ModelPlans) -> Forward:
@@ -97,20 +124,21 @@ def onnx_forward(model_dir: Path, fold: int, plans: ModelPlans) -> Forward:
 class TorchHalfCasts(HalfCasts):
     """Half-precision casts through torch's vectorised conversions, and the tile sum as nnU-Net writes it.
 
-    In-place torch operations on the whole tile (intra-op threads, no temporaries) add a tile about twice as
-    fast as NumPy slabs; the values are the same, since this is nnU-Net's own arithmetic.
+    The tile is added one class at a time: a class's product (1 MiB for a 64³ patch) is still in the cache
+    when it is added, so the tile crosses memory once instead of once per operation (about 1.5 times faster).
+    Each step is nnU-Net's own: a float32 product, added to the half sums in float32 and rounded.
     """
 
     def accumulate(self, region: np.ndarray, logits: np.ndarray, weights: np.ndarray) -> None:
         import torch
 
-        prediction = torch.from_numpy(logits)
+        prediction, target = torch.from_numpy(logits), torch.from_numpy(region)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the shared weights are read-only, and only read here
-            prediction *= torch.from_numpy(weights)
-        target = torch.from_numpy(region)
-        prediction += target
-        target.copy_(prediction)
+            weight = torch.from_numpy(weights)
+        for product, total in zip(prediction, target):
+            product *= weight
+            total += product
 
 
 def torch_half_casts() -> HalfCasts:

@@ -204,7 +204,8 @@ def predict_labels(image: Preprocessed, forwards: Sequence[Forward], plans: Mode
     if len(tiles) == 1 and len(forwards) == 1:
         labels = _single_tile_labels(data, tiles[0], forwards[0], plans, unpad, tick, dtype, casts)
     else:
-        folds = [_half_precision_sums(data, tiles, forward, plans, tick, casts) for forward in forwards]
+        weights = weight_sums(data.shape[1:], plans.patch_size, step)
+        folds = [_HalfSums(_logit_sums(data, tiles, forward, plans, tick, casts), weights) for forward in forwards]
         labels = _fold_mean_argmax(folds, unpad, dtype, casts)
         del folds
     full = np.zeros(image.shape_before_cropping, dtype=labels.dtype)
@@ -266,22 +267,37 @@ class _HalfSums:
     """One fold's Gaussian-weighted logit sums and weight sums, in half precision as nnU-Net keeps them on a CPU."""
 
     logits: np.ndarray  # (classes, *padded shape), float16
-    weights: np.ndarray  # padded shape, float16
+    weights: np.ndarray  # padded shape, float16 (read-only: shared by every fold and model with this layout)
 
 
-def _half_precision_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forward, plans: ModelPlans,
-                         tick: Callable[[], None], casts: HalfCasts) -> _HalfSums:
-    """Sum one fold's tiles as nnU-Net does on a CPU: float32 logits times the weights, added into half tensors.
+def weight_sums(shape: Sequence[int], patch_size: Sequence[int], step: float) -> np.ndarray:
+    """The Gaussian weights of every tile added up in half precision, in tile order, as nnU-Net adds them.
 
-    torch adds a float32 tile to a half tensor in float32 and rounds the sum to half; the weight sums are
-    half + half, likewise computed in float32 and rounded.
+    They depend on the tile layout only, so the folds and part models of a run share one read-only array.
+    """
+    return _weight_sums(tuple(int(s) for s in shape), tuple(int(p) for p in patch_size), float(step))
+
+
+@lru_cache(maxsize=2)
+def _weight_sums(shape: tuple[int, ...], patch_size: tuple[int, ...], step: float) -> np.ndarray:
+    weights = gaussian_weights(patch_size)
+    sums = np.zeros(shape, np.float16)
+    for tile in _tiles(shape, patch_size, step):
+        sums[tile] += weights  # half + half: computed in float32 and rounded, as torch does
+    sums.flags.writeable = False
+    return sums
+
+
+def _logit_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forward, plans: ModelPlans,
+                tick: Callable[[], None], casts: HalfCasts) -> np.ndarray:
+    """Sum one fold's tiles as nnU-Net does on a CPU: float32 logits times the weights, added into a half array.
+
+    torch adds a float32 tile to a half tensor in float32 and rounds the sum to half.
     """
     weights = gaussian_weights(plans.patch_size)
-    weights_half = weights.astype(np.float16)
-    sums = _HalfSums(np.zeros((plans.num_classes, *data.shape[1:]), np.float16), np.zeros(data.shape[1:], np.float16))
+    sums = np.zeros((plans.num_classes, *data.shape[1:]), np.float16)
     for tile, logits in _tile_logits(data, tiles, forward, tick):
-        casts.accumulate(sums.logits[(slice(None), *tile)], logits, weights)
-        sums.weights[tile] += weights_half
+        casts.accumulate(sums[(slice(None), *tile)], logits, weights)
     return sums
 
 
