@@ -132,6 +132,18 @@ def test_argmax_takes_the_first_of_equal_scores(dtype):
     np.testing.assert_array_equal(labels, scores.argmax(0))
 
 
+def test_half_order_keys_order_and_tie_like_the_half_values():
+    """Every non-NaN half (infinities, subnormals, both zeros): keys compare exactly as the values do."""
+    halves = np.arange(-2**15, 2**15, dtype=np.int32).astype(np.int16).view(np.float16)
+    halves = halves[~np.isnan(halves)]
+    keys = sliding_window.half_order_keys(halves).astype(np.int32)
+    order = np.argsort(halves.astype(np.float32), kind="stable")
+    values, keys = halves[order].astype(np.float32), keys[order]
+    np.testing.assert_array_equal(np.sign(np.diff(keys)), np.sign(np.diff(values)))
+    zeros = sliding_window.half_order_keys(np.array([0.0, -0.0], np.float16))
+    assert zeros[0] == zeros[1]
+
+
 def nnunet_half_logits(model_dir, data):
     runner = ModelRunner(model_dir, [0], torch.device("cpu"), 0.5)
     predictor = runner._predictor

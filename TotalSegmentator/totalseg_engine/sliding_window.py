@@ -314,12 +314,15 @@ def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtyp
         mean = None
         for fold in folds:
             quotient = casts.to_float(fold.logits[(slice(None), *window)])
-            quotient /= fold.weights[window].astype(np.float32)
-            quotient = _rounded(quotient, casts)
-            mean = quotient if mean is None else _rounded(mean + quotient, casts)
+            quotient /= casts.to_float(fold.weights[window])
+            if mean is None:
+                mean = quotient
+            else:
+                mean = _rounded(mean, casts)
+                mean += _rounded(quotient, casts)
         if len(folds) > 1:
-            mean = _rounded(mean / np.float32(len(folds)), casts)
-        _first_argmax(mean, labels[rows])
+            mean = _rounded(mean, casts) / np.float32(len(folds))
+        _half_argmax(mean, casts, labels[rows])
 
     in_slabs((len(folds[0].logits), *labels.shape), finish)
     return labels
@@ -341,7 +344,7 @@ def _single_tile_labels(data: np.ndarray, tile: tuple[slice, ...], forward: Forw
         window = _rows_of(unpad, rows)
         quotient = _rounded(logits[(slice(None), *window)] * weights[window], casts)
         quotient /= weights[window]
-        _first_argmax(_rounded(quotient, casts), labels[rows])
+        _half_argmax(quotient, casts, labels[rows])
 
     in_slabs((len(logits), *labels.shape), finish)
     return labels
@@ -355,6 +358,26 @@ def _rows_of(unpad: tuple[slice, ...], rows: slice) -> tuple[slice, ...]:
 def _rounded(values: np.ndarray, casts: HalfCasts) -> np.ndarray:
     """float32 values rounded to half precision, kept in float32 (exact) for the next step."""
     return casts.to_float(casts.to_half(values))
+
+
+def _half_argmax(values: np.ndarray, casts: HalfCasts, out: np.ndarray) -> None:
+    """First-index argmax over classes of float32 values rounded to half, as torch.argmax of the half tensor."""
+    _first_argmax(half_order_keys(casts.to_half(values)), out)
+
+
+def half_order_keys(halves: np.ndarray) -> np.ndarray:
+    """int16 keys that order and tie exactly as the (non-NaN) half values do, -0 equal to +0.
+
+    A half's bits read as an integer order the positive values; for negative ones the magnitude bits are
+    flipped and one is added, which also maps -0 onto +0's key. Comparing these keys moves half the bytes of
+    float32 comparisons.
+    """
+    bits = halves.view(np.int16)
+    sign = bits >> 15  # 0 for positive, -1 for negative values
+    keys = np.bitwise_and(sign, 0x7FFF)
+    np.bitwise_xor(keys, bits, out=keys)
+    np.subtract(keys, sign, out=keys)
+    return keys
 
 
 def _first_argmax(scores: np.ndarray, out: np.ndarray) -> None:
