@@ -239,19 +239,20 @@ def test_fold_mean_rounds_like_torch_half_tensors():
 
     def fold():  # classes 0.07 % apart: half precision ties many of them, float32 would not
         logits = (rng.integers(2, 4, size=(6, 9, 8, 7)) + rng.uniform(0, 0.01, size=(6, 9, 8, 7))) * 7
-        return sliding_window._HalfSums(logits.astype(np.float16), rng.uniform(0.5, 30, (9, 8, 7)).astype(np.float16))
+        return logits.astype(np.float16)
 
     folds = [fold() for _ in range(3)]
+    weights = rng.uniform(0.5, 30, (9, 8, 7)).astype(np.float16)  # the folds share the tiles, so the weights
     unpad = (slice(1, 8), slice(0, 8), slice(2, 6))
     mean = None
     for fold in folds:  # predict_sliding_window_return_logits, then the sum over folds and the division
-        quotient = torch.from_numpy(fold.logits) / torch.from_numpy(fold.weights)
+        quotient = torch.from_numpy(fold) / torch.from_numpy(weights)
         mean = quotient if mean is None else mean + quotient
     mean /= len(folds)
     expected = mean[(slice(None), *unpad)].argmax(0).numpy()
-    in_float32 = sum(f.logits.astype(np.float32) / f.weights for f in folds)[(slice(None), *unpad)].argmax(0)
+    in_float32 = sum(f.astype(np.float32) / weights for f in folds)[(slice(None), *unpad)].argmax(0)
     assert (in_float32 != expected).sum() > 5
-    np.testing.assert_array_equal(sliding_window._fold_mean_argmax(folds, unpad, np.dtype(np.uint8)), expected)
+    np.testing.assert_array_equal(sliding_window._fold_mean_argmax(folds, weights, unpad, np.dtype(np.uint8)), expected)
 
 
 def test_other_spacing_goes_through_nnunet_resampling(ct_model, ct_crop):
@@ -395,10 +396,9 @@ def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop):
     rng = np.random.default_rng(4)  # the same logits again, through the sums used for several tiles
     padded, unpad = sliding_window.pad_to_patch(prepared.data, plans.patch_size)
     tile = tuple(slice(0, p) for p in plans.patch_size)
-    sums = sliding_window._HalfSums(
-        sliding_window._logit_sums(padded, [tile], forward, plans, lambda: None, sliding_window.NUMPY_CASTS),
-        sliding_window.weight_sums(padded.shape[1:], plans.patch_size, 0.5))
-    general = sliding_window._fold_mean_argmax([sums], unpad, np.dtype(np.uint8))
+    sums = sliding_window._logit_sums(padded, [tile], forward, plans, lambda: None, sliding_window.NUMPY_CASTS)
+    weights = sliding_window.weight_sums(padded.shape[1:], plans.patch_size, 0.5)
+    general = sliding_window._fold_mean_argmax([sums], weights, unpad, np.dtype(np.uint8))
     np.testing.assert_array_equal(labels[tuple(slice(lo, hi) for lo, hi in prepared.bbox)], general)
     assert labels.shape == image.data.shape[1:] and labels.dtype == np.uint8
     outside = np.ones(labels.shape, bool)

@@ -204,9 +204,8 @@ def predict_labels(image: Preprocessed, forwards: Sequence[Forward], plans: Mode
     if len(tiles) == 1 and len(forwards) == 1:
         labels = _single_tile_labels(data, tiles[0], forwards[0], plans, unpad, tick, dtype, casts)
     else:
-        weights = weight_sums(data.shape[1:], plans.patch_size, step)
-        folds = [_HalfSums(_logit_sums(data, tiles, forward, plans, tick, casts), weights) for forward in forwards]
-        labels = _fold_mean_argmax(folds, unpad, dtype, casts)
+        folds = [_logit_sums(data, tiles, forward, plans, tick, casts) for forward in forwards]
+        labels = _fold_mean_argmax(folds, weight_sums(data.shape[1:], plans.patch_size, step), unpad, dtype, casts)
         del folds
     full = np.zeros(image.shape_before_cropping, dtype=labels.dtype)
     full[tuple(slice(lo, hi) for lo, hi in image.bbox)] = labels
@@ -262,14 +261,6 @@ def in_slabs(shape: Sequence[int], work: Callable[[slice], None]) -> None:
         list(pool.map(work, slabs))
 
 
-@dataclass
-class _HalfSums:
-    """One fold's Gaussian-weighted logit sums and weight sums, in half precision as nnU-Net keeps them on a CPU."""
-
-    logits: np.ndarray  # (classes, *padded shape), float16
-    weights: np.ndarray  # padded shape, float16 (read-only: shared by every fold and model with this layout)
-
-
 def weight_sums(shape: Sequence[int], patch_size: Sequence[int], step: float) -> np.ndarray:
     """The Gaussian weights of every tile added up in half precision, in tile order, as nnU-Net adds them.
 
@@ -301,9 +292,10 @@ def _logit_sums(data: np.ndarray, tiles: list[tuple[slice, ...]], forward: Forwa
     return sums
 
 
-def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtype: np.dtype,
+def _fold_mean_argmax(folds: Sequence[np.ndarray], weights: np.ndarray, unpad: tuple[slice, ...], dtype: np.dtype,
                       casts: HalfCasts = NUMPY_CASTS) -> np.ndarray:
-    """nnU-Net's last steps, in half precision: sums over weights per fold, the fold mean, first-index argmax.
+    """nnU-Net's last steps, in half precision: each fold's logit sums over the weight sums (the same tiles, so
+    the same weights for every fold), the fold mean, first-index argmax.
 
     Every half-precision operation is done as torch does it on a CPU: in float32, rounded back to half.
     """
@@ -311,10 +303,11 @@ def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtyp
 
     def finish(rows: slice) -> None:
         window = _rows_of(unpad, rows)
+        divisor = casts.to_float(weights[window])
         mean = None
         for fold in folds:
-            quotient = casts.to_float(fold.logits[(slice(None), *window)])
-            quotient /= casts.to_float(fold.weights[window])
+            quotient = casts.to_float(fold[(slice(None), *window)])
+            quotient /= divisor
             if mean is None:
                 mean = quotient
             else:
@@ -324,7 +317,7 @@ def _fold_mean_argmax(folds: Sequence[_HalfSums], unpad: tuple[slice, ...], dtyp
             mean = _rounded(mean, casts) / np.float32(len(folds))
         _half_argmax(mean, casts, labels[rows])
 
-    in_slabs((len(folds[0].logits), *labels.shape), finish)
+    in_slabs((len(folds[0]), *labels.shape), finish)
     return labels
 
 
