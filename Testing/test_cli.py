@@ -10,10 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from model_factory import NetworkSize, write_task_models
+from model_factory import NetworkSize, release_zip, write_task_models
 from totalseg_engine import cli, imageio, paths, tasks, weights
 from totalseg_engine.progress import parse_event_line
-from weights_server import serving, zip_folder
+from weights_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
@@ -30,10 +30,10 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def release_297(tmp_path_factory) -> bytes:
-    """The fast total model as a release zip (DatasetXXX folder at the zip's root)."""
+    """The fast total model as a release zip (one DatasetXXX folder at the zip's root, made by ``zip -r``)."""
     root = tmp_path_factory.mktemp("release")
     write_task_models(root, "total", "fast", SMALL_3MM, seed=5)
-    return zip_folder(root)
+    return release_zip(root)
 
 
 def test_list_tasks_shows_every_task_with_licence(capsys):

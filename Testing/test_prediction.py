@@ -99,16 +99,20 @@ def test_device_strings():
 
 
 def _reference_network(model_dir):
-    """The fold-0 network the plain way: built on the CPU, then the checkpoint copied into it."""
+    """The fold-0 network nnU-Net's way: plans read by nnunetv2, built on the CPU, the checkpoint copied into it."""
     import json
 
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    arch = json.loads((model_dir / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
-    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                     1, len(LABELS) + 1, allow_init=True, deep_supervision=False)
-    network.load_state_dict(torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=False)
-                            ["network_weights"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # released plans are in the old format, which nnunetv2 converts
+        config = PlansManager(json.loads((model_dir / "plans.json").read_text())).get_configuration("3d_fullres")
+    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                     config.network_arch_init_kwargs_req_import, 1, len(LABELS) + 1,
+                                     allow_init=True, deep_supervision=False)
+    network.load_state_dict(torch.load(model_dir / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                                       weights_only=False)["network_weights"])
     return network.eval()
 
 
@@ -124,9 +128,10 @@ def test_network_built_without_initialisation_computes_the_same(model_dir, tmp_p
         copy = tmp_path / model_dir.parent.name / model_dir.name
         shutil.copytree(model_dir, copy)
         checkpoint = copy / "fold_0" / "checkpoint_final.pth"
-        torch.save(torch.load(checkpoint, weights_only=False), checkpoint, _use_new_zipfile_serialization=False)
+        torch.save(torch.load(checkpoint, map_location="cpu", weights_only=False), checkpoint,
+                   _use_new_zipfile_serialization=False)
         with pytest.raises(RuntimeError):
-            torch.load(checkpoint, weights_only=False, mmap=True)
+            torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
         model = copy
     else:
         model = model_dir
@@ -146,7 +151,7 @@ def test_checkpoint_that_does_not_fit_the_plans_is_named(model_dir, tmp_path):
     copy = tmp_path / model_dir.parent.name / model_dir.name
     shutil.copytree(model_dir, copy)
     checkpoint = copy / "fold_0" / "checkpoint_final.pth"
-    content = torch.load(checkpoint, weights_only=False)
+    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
     content["network_weights"].pop(next(iter(content["network_weights"])))
     torch.save(content, checkpoint)
     with pytest.raises(TotalSegmentatorError, match="do not fit the network described by plans.json"):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from model_factory import SMALL, TINY, write_model_folder
 from totalseg_engine import geometry, runtimes, sliding_window
-from totalseg_engine.errors import TotalSegmentatorError
+from totalseg_engine.errors import ModelPlansError, TotalSegmentatorError
 from totalseg_engine.nnunet_plans import read_model_plans
 from totalseg_engine.prediction import ModelRunner, SlidingWindowRunner, make_runner, resolve_device
 
@@ -336,8 +336,8 @@ def test_inherited_configuration_is_resolved(ct_model, tmp_path):
     child = read_model_plans(folder)
     assert child.configuration == "3d_child" and child.patch_size == (16, 16, 16)
     assert child.network_class_name == read_model_plans(ct_model).network_class_name
-    with pytest.raises(ValueError, match="3d_lowres"):
-        read_model_plans(folder, "3d_lowres")
+    with pytest.raises(ModelPlansError, match="Configuration '3d_missing' is not in .*3d_child"):
+        read_model_plans(folder, "3d_missing")
 
 
 def test_cpu_device_is_resolved_without_a_gpu_probe():

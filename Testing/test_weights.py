@@ -1,7 +1,9 @@
 """Weights cache, downloads, imports and the licence key, against a real HTTP server on 127.0.0.1.
 
-Zips are built in the release layout (``DatasetXXX_name/Trainer__Plans__config/...``) with small
-dummy files; the engine never loads them, so only the layout matters.
+Zips are built in the release layout (``DatasetXXX_name/Trainer__Plans__config/...`` with the files the release
+holds beside the model, directory entries as ``zip -r`` writes them; Mac-made ones with their clutter) from small
+dummy files, since these tests only move them; the last tests download and import real model folders and run
+them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from totalseg_engine import paths, tasks, weights, weights_cli
+from model_factory import TINY, write_task_models
+from model_factory import release_zip as zip_folder
+from totalseg_engine import licensing, paths, tasks, weights, weights_archive, weights_cli, weights_transfer
 from totalseg_engine.errors import (
     DownloadError,
     LicenseError,
@@ -27,7 +31,7 @@ from totalseg_engine.errors import (
 )
 from totalseg_engine.progress import ProgressEvent
 from weights_server import Server as _Server
-from weights_server import serving, zip_folder
+from weights_server import serving
 
 OPEN = tasks.models_of_task("lung_vessels")[0]  # Dataset117, one open model
 LICENSED = tasks.models_of_task("heartchambers_highres")[0]  # Dataset301, licence required
@@ -74,16 +78,19 @@ def make_dataset(root: Path, spec: tasks.ModelSpec, marker: bytes = b"v1", size:
     for fold in spec.folds or (0,):
         (result / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         (result / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(marker + os.urandom(size))
+        (result / f"fold_{fold}" / "debug.json").write_text("{}")
+        (result / f"fold_{fold}" / "progress.png").write_bytes(b"\x89PNG")
     (result / "plans.json").write_text(json.dumps({"plans_name": spec.plans}))
     (result / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    (result / "dataset_fingerprint.json").write_text("{}")
     return root / (name or spec.folder)
 
 
 def release_zip(tmp_path: Path, spec: tasks.ModelSpec, marker: bytes = b"v1", size: int = 0,
-                compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+                compression: int = zipfile.ZIP_DEFLATED, mac: bool = False) -> bytes:
     root = tmp_path / f"build-{spec.dataset_id}-{marker.decode()}"
     make_dataset(root, spec, marker, size)
-    return zip_folder(root, compression)
+    return zip_folder(root, mac, compression)
 
 
 def installed_checkpoint(spec: tasks.ModelSpec) -> bytes:
@@ -147,7 +154,7 @@ def test_existing_totalsegmentator_cache_is_reused_without_network(home: Path, s
 
 def test_download_installs_with_progress(tmp_path: Path, server: _Server,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "CHUNK_SIZE", 1024)
+    monkeypatch.setattr(weights_transfer, "CHUNK_SIZE", 1024)
     server.serve(_route(OPEN), release_zip(tmp_path, OPEN, size=20_000, compression=zipfile.ZIP_STORED))
     events: list[ProgressEvent] = []
     weights.ensure_weights([OPEN], progress=events.append)
@@ -215,7 +222,7 @@ def test_interrupted_transfer_leaves_nothing(tmp_path: Path, server: _Server) ->
 
 def test_ctrl_c_during_download_leaves_nothing(tmp_path: Path, server: _Server,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "CHUNK_SIZE", 1024)
+    monkeypatch.setattr(weights_transfer, "CHUNK_SIZE", 1024)
     server.serve(_route(OPEN), release_zip(tmp_path, OPEN, size=20_000, compression=zipfile.ZIP_STORED))
 
     def interrupt(event: ProgressEvent) -> None:
@@ -313,7 +320,8 @@ def test_unknown_dataset_id() -> None:
 def test_import_zip(tmp_path: Path) -> None:
     archive = tmp_path / "weights.zip"
     archive.write_bytes(release_zip(tmp_path, OPEN))
-    assert weights.import_weights(archive) == [paths.weights_dir() / OPEN.folder]
+    report = weights_archive.import_weights(archive)
+    assert report.installed == [paths.weights_dir() / OPEN.folder] and report.skipped == []
     assert weights.is_installed(OPEN)
     assert cache_entries() == [OPEN.folder]
 
@@ -323,10 +331,13 @@ def test_import_folder(tmp_path: Path, layout: str) -> None:
     other = tasks.models_of_task("liver_vessels")[0]
     parent = tmp_path / "src" / ("nnunet/results" if layout == "copied_home" else "")
     made = [make_dataset(parent, OPEN), make_dataset(parent, other)]
+    if layout == "copied_home":
+        (tmp_path / "src" / "config.json").write_text("{}")  # the official tool's settings, not weights
     source = made[0] if layout == "dataset" else tmp_path / "src"
-    installed = weights.import_weights(source)
+    report = weights_archive.import_weights(source)
     expected = [OPEN] if layout == "dataset" else [other, OPEN]  # found in name order
-    assert installed == [weights.model_dir(spec).parent for spec in expected]
+    assert report.installed == [weights.model_dir(spec).parent for spec in expected]
+    assert report.skipped == []
     assert all(weights.is_installed(spec) for spec in expected)
     assert all(folder.is_dir() for folder in made)  # the source is copied, not moved
 
@@ -335,32 +346,53 @@ def test_import_refuses_to_overwrite(tmp_path: Path) -> None:
     first, second = tmp_path / "first.zip", tmp_path / "second.zip"
     first.write_bytes(release_zip(tmp_path, OPEN, marker=b"v1"))
     second.write_bytes(release_zip(tmp_path, OPEN, marker=b"v2"))
-    weights.import_weights(first)
-    with pytest.raises(DownloadError, match="already exists"):
-        weights.import_weights(second)
+    weights_archive.import_weights(first)
+    with pytest.raises(DownloadError, match="already installed.*--overwrite"):
+        weights_archive.import_weights(second)
     assert installed_checkpoint(OPEN).startswith(b"v1")
-    weights.import_weights(second, overwrite=True)
+    weights_archive.import_weights(second, overwrite=True)
     assert installed_checkpoint(OPEN).startswith(b"v2")
     assert cache_entries() == [OPEN.folder]
 
 
-def test_import_conflict_installs_nothing(tmp_path: Path) -> None:
-    other = tasks.models_of_task("liver_vessels")[0]  # Dataset008 sorts before the existing Dataset117
-    make_dataset(paths.weights_dir(), OPEN)
-    make_dataset(tmp_path / "src", OPEN)
-    make_dataset(tmp_path / "src", other)
-    with pytest.raises(DownloadError, match="already exists"):
-        weights.import_weights(tmp_path / "src")
-    assert cache_entries() == [OPEN.folder]
-
-
-def test_import_checks_every_dataset_before_installing(tmp_path: Path) -> None:
+def test_import_of_a_copied_cache_installs_what_it_can_and_names_the_rest(tmp_path: Path) -> None:
+    """A ~/.totalsegmentator from another machine, with everything an old cache collects."""
     other = tasks.models_of_task("liver_vessels")[0]
-    make_dataset(tmp_path / "src", OPEN)
+    total_3mm = tasks.get_task("total").mode("fast").models[0]
+    make_dataset(paths.weights_dir(), OPEN, marker=b"mine")  # already here: kept as it is
+    results = tmp_path / "copied" / ".totalsegmentator" / "nnunet" / "results"
+    make_dataset(results, OPEN, marker=b"theirs")
+    make_dataset(results, other)
+    make_dataset(results, total_3mm, name=f"{total_3mm.folder}_v204")  # removed by the official tool since 2.0.5
+    make_dataset(results, total_3mm, name="Dataset302_vertebrae_body_1559subj")  # no task of 2.18 uses it
+    incomplete = make_dataset(results, tasks.models_of_task("body")[0])
+    next(incomplete.rglob("checkpoint_final.pth")).unlink()
+    (results / "nnUNet" / "3d_fullres" / "Task251_TotalSegmentator_part1_organs_1139subj").mkdir(parents=True)
+    (results / ".totalseg-tmp-abc").mkdir()  # an interrupted import of theirs: not a folder to report
+    report = weights_archive.import_weights(tmp_path / "copied" / ".totalsegmentator")
+    assert report.installed == [paths.weights_dir() / other.folder]
+    reasons = {Path(item.folder).name: item.reason for item in report.skipped}
+    assert reasons[OPEN.folder] == "already installed (--overwrite replaces it)"
+    stale = reasons[f"{total_3mm.folder}_v204"]
+    assert "older release" in stale and f"({total_3mm.folder})" in stale
+    assert reasons["Dataset302_vertebrae_body_1559subj"] == ("dataset 302 is not used by any task of "
+                                                             "TotalSegmentator 2.18.0")
+    assert reasons[incomplete.name].startswith("incomplete") and "checkpoint_final.pth" in reasons[incomplete.name]
+    assert reasons["nnUNet"] == "holds no DatasetXXX_* model folder"
+    assert len(report.skipped) == 5
+    assert installed_checkpoint(OPEN).startswith(b"mine")
+    assert cache_entries() == sorted([OPEN.folder, other.folder])
+
+
+def test_import_with_nothing_usable_installs_nothing_and_says_why(tmp_path: Path) -> None:
+    other = tasks.models_of_task("liver_vessels")[0]
     broken = make_dataset(tmp_path / "src", other)
     (broken / other.result_subfolder / "fold_0" / "checkpoint_final.pth").unlink()
-    with pytest.raises(DownloadError, match="incomplete"):
-        weights.import_weights(tmp_path / "src")
+    make_dataset(tmp_path / "src", OPEN, name=f"{OPEN.folder}_v204")
+    with pytest.raises(DownloadError, match="nothing was installed") as caught:
+        weights_archive.import_weights(tmp_path / "src")
+    assert f"{other.folder}: incomplete" in str(caught.value) and f"{OPEN.folder}_v204: not the folder" in str(
+        caught.value)
     assert cache_entries() == []
 
 
@@ -377,9 +409,26 @@ def test_import_rejects_bad_sources(tmp_path: Path, content: str) -> None:
     elif content == "unsafe":
         source.write_bytes(_unsafe_zip(tmp_path, "../escape.txt"))
     with pytest.raises(DownloadError):
-        weights.import_weights(source)
+        weights_archive.import_weights(source)
     assert cache_entries() == []
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_zip_made_on_a_mac_downloads_and_imports_without_its_clutter(tmp_path: Path, server: _Server) -> None:
+    body = release_zip(tmp_path, OPEN, mac=True)
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert any(n.startswith("__MACOSX/") for n in names) and any(n.endswith("/.DS_Store") for n in names)
+    assert f"{OPEN.folder}/" in names  # directory entries, as zip -r writes them
+    server.serve(_route(OPEN), body)
+    weights.download_dataset(OPEN.dataset_id)
+    archive = tmp_path / "mac.zip"
+    archive.write_bytes(body)
+    report = weights_archive.import_weights(archive, overwrite=True)
+    assert report.installed == [paths.weights_dir() / OPEN.folder] and report.skipped == []
+    assert cache_entries() == [OPEN.folder]
+    left = [p.name for p in paths.weights_dir().rglob("*") if p.name.startswith(("._", ".DS_Store", "__MACOSX"))]
+    assert left == []
+    assert weights.is_installed(OPEN)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,7 +451,7 @@ def test_licensed_model_without_key_explains_how_to_get_one(server: _Server) -> 
 
 @pytest.mark.parametrize("status", [403, 200])
 def test_rejected_licence_key(server: _Server, status: int) -> None:
-    weights.set_license_key(LICENSE_KEY, validate=False)
+    licensing.set_license_key(LICENSE_KEY, validate=False)
     server.serve_json("/download_weights", {"status": "invalid_license", "message": "Unknown licence"}, status)
     with pytest.raises(LicenseError, match="refused the key.*Unknown licence"):
         weights.ensure_weights([LICENSED])
@@ -410,7 +459,7 @@ def test_rejected_licence_key(server: _Server, status: int) -> None:
 
 
 def test_accepted_licence_key_downloads(tmp_path: Path, server: _Server) -> None:
-    weights.set_license_key(LICENSE_KEY, validate=False)
+    licensing.set_license_key(LICENSE_KEY, validate=False)
     server.serve("/download_weights", release_zip(tmp_path, LICENSED))
     weights.ensure_weights([LICENSED])
     assert weights.is_installed(LICENSED)
@@ -420,42 +469,67 @@ def test_accepted_licence_key_downloads(tmp_path: Path, server: _Server) -> None
                                 "version": "2.18.0"}
 
 
+def test_licensed_download_sends_the_official_clients_task_name(tmp_path: Path, server: _Server) -> None:
+    """Dataset 857 serves two tasks; the official client inverts its table, so the last name (MR) is sent."""
+    spec = tasks.models_of_task("thigh_shoulder_muscles_mr")[0]
+    assert spec.dataset_id == 857 and spec.licensed
+    licensing.set_license_key(LICENSE_KEY, validate=False)
+    server.serve("/download_weights", release_zip(tmp_path, spec))
+    weights.ensure_weights([spec])
+    assert json.loads(server.requests[0][2])["task"] == "thigh_shoulder_muscles_mr"
+
+
+def test_licensed_download_waits_for_the_server_longer_than_a_release_download(
+        tmp_path: Path, server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The licence server answers once it has the zip ready: 300 s, as the official client waits."""
+    assert weights_transfer.LICENSED_TIMEOUT_S == 300.0 and weights_transfer.TIMEOUT_S == 60.0
+    monkeypatch.setattr(weights_transfer, "TIMEOUT_S", 0.2)  # the same ratio, in test time
+    monkeypatch.setattr(weights_transfer, "LICENSED_TIMEOUT_S", 3.0)
+    licensing.set_license_key(LICENSE_KEY, validate=False)
+    server.serve("/download_weights", release_zip(tmp_path, LICENSED), delay=0.6)
+    server.serve(_route(OPEN), release_zip(tmp_path, OPEN), delay=0.6)
+    with pytest.raises(WeightsMissingError, match="timed out"):
+        weights.ensure_weights([OPEN])
+    weights.ensure_weights([LICENSED])
+    assert weights.is_installed(LICENSED) and not weights.is_installed(OPEN)
+
+
 def test_set_license_key_validates_and_keeps_other_settings(server: _Server) -> None:
     paths.config_file().parent.mkdir(parents=True)
     paths.config_file().write_text(json.dumps({"totalseg_id": "totalseg_abc", "prediction_counter": 3}))
     server.serve_json("/is_valid_license_number", {"status": "valid_license"})
-    weights.set_license_key(LICENSE_KEY)
+    licensing.set_license_key(LICENSE_KEY)
     assert _config() == {"totalseg_id": "totalseg_abc", "prediction_counter": 3, "license_number": LICENSE_KEY}
-    assert weights.get_license_key() == LICENSE_KEY
+    assert licensing.get_license_key() == LICENSE_KEY
     assert [json.loads(body) for _, _, body in server.requests] == [{"license_number": LICENSE_KEY}]
-    weights.set_license_key(LICENSE_KEY)  # the stored key is not checked again
+    licensing.set_license_key(LICENSE_KEY)  # the stored key is not checked again
     assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("status", [200, 401])
 def test_set_license_key_refuses_an_invalid_key(server: _Server, status: int) -> None:
-    weights.set_license_key("aca_OLDKEY00000000", validate=False)
+    licensing.set_license_key("aca_OLDKEY00000000", validate=False)
     server.serve_json("/is_valid_license_number", {"status": "invalid_license", "message": "no such key"}, status)
     with pytest.raises(LicenseError, match="not valid.*no such key"):
-        weights.set_license_key(LICENSE_KEY)
-    assert weights.get_license_key() == "aca_OLDKEY00000000"
+        licensing.set_license_key(LICENSE_KEY)
+    assert licensing.get_license_key() == "aca_OLDKEY00000000"
 
 
 def test_set_license_key_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOTALSEG_LICENSE_CHECK_URL", f"http://127.0.0.1:{_refused_port()}/check")
     with pytest.raises(LicenseError, match="could not be checked.*--skip-validation"):
-        weights.set_license_key(LICENSE_KEY)
+        licensing.set_license_key(LICENSE_KEY)
     assert not paths.config_file().exists()
-    weights.set_license_key(LICENSE_KEY, validate=False)  # creates config.json
+    licensing.set_license_key(LICENSE_KEY, validate=False)  # creates config.json
     assert _config() == {"license_number": LICENSE_KEY}
 
 
 def test_no_key_and_broken_config() -> None:
-    assert weights.get_license_key() is None
+    assert licensing.get_license_key() is None
     paths.config_file().parent.mkdir(parents=True)
     paths.config_file().write_text("{not json")
     with pytest.raises(TotalSegmentatorError, match="config.json"):
-        weights.get_license_key()
+        licensing.get_license_key()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,14 +558,43 @@ def test_import_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert weights_cli.import_main(["-i", str(archive)]) == 0
     assert weights.is_installed(OPEN)
     assert weights_cli.import_main(["-i", str(archive)]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert "already installed (--overwrite replaces it)" in capsys.readouterr().err
     assert weights_cli.import_main(["-i", str(archive), "--overwrite"]) == 0
+
+
+def test_import_command_names_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_dataset(tmp_path / "src", OPEN)
+    make_dataset(tmp_path / "src", OPEN, name=f"{OPEN.folder}_v204")
+    assert weights_cli.import_main(["-i", str(tmp_path / "src")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"Installed {paths.weights_dir() / OPEN.folder}"
+    assert err.startswith(f"Skipped {tmp_path / 'src' / (OPEN.folder + '_v204')}: not the folder TotalSegmentator")
 
 
 def test_license_command(server: _Server, capsys: pytest.CaptureFixture) -> None:
     assert weights_cli.license_main(["-l", LICENSE_KEY, "--skip-validation"]) == 0
-    assert weights.get_license_key() == LICENSE_KEY and server.requests == []
+    assert licensing.get_license_key() == LICENSE_KEY and server.requests == []
     server.serve_json("/is_valid_license_number", {"status": "invalid_license"}, 403)
     assert weights_cli.license_main(["-l", "aca_OTHER000000000"]) == 1
     assert capsys.readouterr().err.startswith("ERROR: The licence key aca_OTHER000000000 is not valid")
-    assert weights.get_license_key() == LICENSE_KEY
+    assert licensing.get_license_key() == LICENSE_KEY
+
+
+# ----------------------------------------------------------------------------------------------
+# Real model folders, as the release ships them
+
+
+def test_release_zip_made_on_a_mac_downloads_and_segments(tmp_path: Path, server: _Server, data_dir: Path) -> None:
+    """First use with a real model in a Mac-remade release zip: old-format plans, a trainer's full checkpoint."""
+    from totalseg_engine import api
+
+    build = tmp_path / "build"
+    [model] = write_task_models(build, "total", "fast", TINY, seed=3)
+    plans = json.loads((model / "plans.json").read_text())
+    assert "architecture" not in plans["configurations"]["3d_fullres"]  # nnU-Net's format before 2.3
+    spec = tasks.get_task("total").mode("fast").models[0]
+    server.serve(_route(spec), zip_folder(build, mac=True))
+    seg = api.totalsegmentator(data_dir / "example_ct_sm.nii.gz", tmp_path / "seg.nii.gz", ml=True, fast=True,
+                               device="cpu")
+    assert cache_entries() == [spec.folder]
+    assert len(set(seg.get_fdata().ravel().tolist())) > 5

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import threading
-import zipfile
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
@@ -19,7 +17,7 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, tuple[int, bytes, str, Optional[int]]] = {}
+        self.routes: dict[str, tuple[int, bytes, str, Optional[int], float]] = {}
         self.requests: list[tuple[str, str, bytes]] = []
 
     @property
@@ -27,9 +25,9 @@ class Server(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def serve(self, path: str, body: bytes, status: int = 200, content_type: str = "application/zip",
-              announce: Optional[int] = None) -> None:
-        """Answer ``path`` with ``body``; ``announce`` claims another Content-Length (then closes)."""
-        self.routes[path] = (status, body, content_type, announce)
+              announce: Optional[int] = None, delay: float = 0.0) -> None:
+        """Answer ``path`` with ``body`` after ``delay`` seconds; ``announce`` claims another Content-Length."""
+        self.routes[path] = (status, body, content_type, announce, delay)
 
     def serve_json(self, path: str, data: dict, status: int = 200) -> None:
         self.serve(path, json.dumps(data).encode(), status, "application/json")
@@ -50,7 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path not in self.server.routes:
             self.send_error(404)
             return
-        status, body, content_type, announce = self.server.routes[self.path]
+        status, body, content_type, announce, delay = self.server.routes[self.path]
+        time.sleep(delay)  # a licence server assembling a zip answers only when it is ready
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(announce or len(body)))
@@ -76,12 +75,3 @@ def serving(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     finally:
         httpd.shutdown()
         httpd.server_close()
-
-
-def zip_folder(root: Path, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    """Zip everything under ``root`` with paths relative to it (a release zip when root holds DatasetXXX_*)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for path in sorted(root.rglob("*")):
-            archive.write(path, path.relative_to(root).as_posix())
-    return buffer.getvalue()

@@ -428,8 +428,11 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
-            installed = self.logic.importWeights(path)
-            self.ui.statusLabel.text = f"Imported {len(installed)} model folder(s)."
+            report = self.logic.importWeights(path)
+            skipped = f"; skipped {len(report.skipped)} (see the log)" if report.skipped else ""
+            self.ui.statusLabel.text = f"Imported {len(report.installed)} model folder(s){skipped}."
+            for item in report.skipped:
+                logging.warning(f"Weights import skipped {item}")
         self.updateWeightsStatus()
 
     def updateWeightsStatus(self) -> None:
@@ -616,14 +619,14 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return devices
 
     def licenseKey(self) -> Optional[str]:
-        from totalseg_engine import weights
+        from totalseg_engine import licensing
 
-        return weights.get_license_key()
+        return licensing.get_license_key()
 
     def setLicenseKey(self, key: str) -> None:
-        from totalseg_engine import weights
+        from totalseg_engine import licensing
 
-        weights.set_license_key(key)
+        licensing.set_license_key(key)
 
     def setWeightsFolder(self, path: str) -> None:
         """Use another weights folder (TotalSegmentator's layout) for this session and its child processes."""
@@ -652,10 +655,11 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
 
         weights.download_task(task, progress=report)
 
-    def importWeights(self, path: str) -> list:
-        from totalseg_engine import weights
+    def importWeights(self, path: str):
+        """Install weights from a zip or folder; returns the report (installed folders, skipped ones and why)."""
+        from totalseg_engine import weights_archive
 
-        return weights.import_weights(path)
+        return weights_archive.import_weights(path)
 
     @staticmethod
     def needsWeights(message: str) -> bool:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "totalsegmentator-tests"
@@ -27,12 +28,14 @@ def official_venv(folder: Path) -> Path:
     return folder / "bin"
 
 
-def build_weights(home: Path) -> None:
+def build_weights(home: Path, plans_format: Optional[str] = None) -> None:
     """Every model the scripts run, in the release layout under ``home``.
 
     nnU-Net's default CT size (6 stages, 32->320 features, patch 128^3) for the 3 mm and 6 mm models; smaller
-    networks for the 1.5 mm part models, the body model and MR, to keep runs to minutes on a CPU. The checkpoints
-    name ``nnUNetTrainer`` so the official trainer lookup finds a class; the folders keep the registry names.
+    networks for the 1.5 mm part models, the body model and MR, to keep runs to minutes on a CPU. The plans are
+    in the format each dataset was released with (nnU-Net's old format for all of these) unless ``plans_format``
+    says "old" or "new". The checkpoints hold everything nnU-Net's trainer saves and name ``nnUNetTrainer``, so
+    the official trainer lookup finds a class; the folders keep the registry names.
     """
     from model_factory import NNUNET_DEFAULT_CT, NetworkSize, write_task_models
     from totalseg_engine import paths
@@ -42,7 +45,8 @@ def build_weights(home: Path) -> None:
     plan = [("total", "fast", NNUNET_DEFAULT_CT), ("total", "fastest", NNUNET_DEFAULT_CT), ("total", "normal", small),
             ("body", "fast", small), ("total_mr", "fast", small), ("total_mr", "normal", small)]
     for task, speed, size in plan:
-        write_task_models(paths.weights_dir(), task, speed, size, seed=7, checkpoint_trainer="nnUNetTrainer")
+        write_task_models(paths.weights_dir(), task, speed, size, seed=7, checkpoint_trainer="nnUNetTrainer",
+                          plans_format=plans_format)
 
 
 def child_env(home: Path) -> dict:

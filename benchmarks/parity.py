@@ -2,14 +2,17 @@
 
 The official ``totalsegmentator==2.18.0`` runs in its own virtual environment (it pins packages that conflict
 with slicer-core, and needs a torch whose torchvision loads); this script creates it on first use. Both tools
-get one weights folder in the release layout: models of nnU-Net's default CT size for the 3 mm and 6 mm
+get the same weights folder in the release layout: models of nnU-Net's default CT size for the 3 mm and 6 mm
 models, small ones for the 1.5 mm part models and MR (random weights give busy, image-dependent label maps, so
-every step before and after the network is exercised). Each case runs both command lines on the same input and
-prints per-case mean Dice, the worst class larger than 1 cm³, and statistics differences.
+every step before and after the network is exercised), with checkpoints as nnU-Net's trainer writes them. The
+folder is built twice from the same weights: with plans in nnU-Net's old format, as the weights were released,
+and in the current format. Each case runs the official command line and ours (once per runtime) on the same
+input and folder, and prints per-case mean Dice, the worst class larger than 1 cm³, statistics differences,
+and whether each tool's labels are the same on both folders.
 
-    python benchmarks/parity.py                       # all cases
-    python benchmarks/parity.py --cases fast dicom    # some of them
-    python benchmarks/parity.py --runtime torch       # our torch runtime instead of ONNX Runtime
+    python benchmarks/parity.py                                   # all cases, both formats, both runtimes
+    python benchmarks/parity.py --cases fast dicom --formats old  # some of them
+    python benchmarks/parity.py --runtimes torch --reuse-official # our torch runtime against earlier official runs
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ class Case:
 @dataclass
 class Outcome:
     case: Case
+    plans_format: str
+    runtime: str
     dice: dict[str, float] = field(default_factory=dict)
     large: dict[str, bool] = field(default_factory=dict)
     stats_diff: float | None = None
     seconds: tuple[float, float] = (0.0, 0.0)
+
+
+FORMATS = ("old", "new")  # old: nnU-Net's plans format before 2.3, as the weights were released
 
 
 CASES = [
@@ -90,33 +98,46 @@ def input_path(case: Case, work: Path) -> Path:
     return work / case.input if (work / case.input).exists() else DATA / case.input
 
 
-def run_case(case: Case, work: Path, official_bin: Path, env: dict, device: str, runtime: str,
-             reuse_official: bool = False) -> Outcome:
-    folder = work / case.name
-    for side in ("official", "ours"):
-        (folder / side).mkdir(parents=True, exist_ok=True)
+def run_case(case: Case, folder: Path, work: Path, official_bin: Path, env: dict, device: str,
+             runtimes: list[str], plans_format: str, reuse_official: bool = False) -> list[Outcome]:
+    """Run the official tool once and ours once per runtime on one weights folder; compare each with it."""
     source = input_path(case, work)
     common = ["-i", str(source), "--ml", "-d", device, *case.flags] + (["--statistics"] if case.statistics else [])
     official = 0.0
+    (folder / "official").mkdir(parents=True, exist_ok=True)
     if not (reuse_official and (folder / "official" / "seg.nii.gz").exists()):
         official = run([str(official_bin / "TotalSegmentator"), *common, "-o",
                         str(folder / "official" / "seg.nii.gz")], env)
-    ours = run([sys.executable, "-m", "totalseg_engine", *common, "-o", str(folder / "ours" / "seg.nii.gz"),
-                "--overwrite", "--offline", "--runtime", runtime], env)
-    outcome = compare(case, folder)
-    outcome.seconds = (official, ours)
-    return outcome
+    outcomes = []
+    for runtime in runtimes:
+        ours_dir = folder / f"ours-{runtime}"
+        ours_dir.mkdir(parents=True, exist_ok=True)
+        seconds = run([sys.executable, "-m", "totalseg_engine", *common, "-o", str(ours_dir / "seg.nii.gz"),
+                       "--overwrite", "--offline", "--runtime", runtime], env)
+        outcome = compare(case, folder / "official", ours_dir, plans_format, runtime)
+        outcome.seconds = (official, seconds)
+        outcomes.append(outcome)
+    return outcomes
 
 
-def compare(case: Case, folder: Path) -> Outcome:
+def differing_voxels(first: Path, second: Path) -> int:
+    """Voxels whose label differs between two segmentations of the same input (on the first one's grid)."""
     from totalseg_engine import imageio
 
-    official_img = nib.load(folder / "official" / "seg.nii.gz")
-    ours_img = imageio.reorient_to_grid(nib.load(folder / "ours" / "seg.nii.gz"), official_img)
+    a = nib.load(first)
+    b = imageio.reorient_to_grid(nib.load(second), a)
+    return int((np.asanyarray(a.dataobj) != np.asanyarray(b.dataobj)).sum())
+
+
+def compare(case: Case, official_dir: Path, ours_dir: Path, plans_format: str, runtime: str) -> Outcome:
+    from totalseg_engine import imageio
+
+    official_img = nib.load(official_dir / "seg.nii.gz")
+    ours_img = imageio.reorient_to_grid(nib.load(ours_dir / "seg.nii.gz"), official_img)
     a, b = np.asanyarray(official_img.dataobj), np.asanyarray(ours_img.dataobj)
     label_map = imageio.read_label_map(official_img)
     voxel_ml = float(np.prod(official_img.header.get_zooms()[:3])) / 1000
-    outcome = Outcome(case)
+    outcome = Outcome(case, plans_format, runtime)
     for label, name in label_map.items():
         x, y = a == label, b == label
         total = x.sum() + y.sum()
@@ -125,14 +146,14 @@ def compare(case: Case, folder: Path) -> Outcome:
         outcome.dice[name] = 2 * float((x & y).sum()) / float(total)
         outcome.large[name] = x.sum() * voxel_ml > 1.0
     if case.statistics:
-        outcome.stats_diff = statistics_difference(folder)
+        outcome.stats_diff = statistics_difference(official_dir, ours_dir)
     return outcome
 
 
-def statistics_difference(folder: Path) -> float:
+def statistics_difference(official_dir: Path, ours_dir: Path) -> float:
     """Largest relative volume difference (%) between the two statistics.json files, over non-empty classes."""
-    official = json.loads((folder / "official" / "statistics.json").read_text())
-    ours = json.loads((folder / "ours" / "statistics.json").read_text())
+    official = json.loads((official_dir / "statistics.json").read_text())
+    ours = json.loads((ours_dir / "statistics.json").read_text())
     worst = 0.0
     for name, values in official.items():
         reference = values["volume"]
@@ -141,17 +162,32 @@ def statistics_difference(folder: Path) -> float:
     return worst
 
 
-def report(outcomes: list[Outcome]) -> None:
-    print(f"{'case':12} {'classes':>7} {'mean Dice':>10} {'min Dice >1cm3':>15} {'official s':>11} {'ours s':>7}")
-    for o in outcomes:
-        dice = list(o.dice.values())
-        large = [d for name, d in o.dice.items() if o.large[name]]
-        print(f"{o.case.name:12} {len(dice):7d} {np.mean(dice) if dice else float('nan'):10.5f} "
-              f"{min(large) if large else float('nan'):15.5f} {o.seconds[0]:11.1f} {o.seconds[1]:7.1f}")
-        worst = sorted(o.dice.items(), key=lambda kv: kv[1])[:3]
-        print("             worst: " + ", ".join(f"{name} {d:.4f}" for name, d in worst))
-        if o.stats_diff is not None:
-            print(f"             statistics: largest volume difference {o.stats_diff:.3f} %")
+def _cell(outcome: Outcome) -> str:
+    dice = list(outcome.dice.values())
+    large = [d for name, d in outcome.dice.items() if outcome.large[name]]
+    return f"{np.mean(dice) if dice else float('nan'):.5f} ({min(large) if large else float('nan'):.5f})"
+
+
+def report(outcomes: list[Outcome], work: Path, formats: list[str], runtimes: list[str]) -> None:
+    """One row per case: mean Dice (lowest Dice of a class > 1 cm³) per plans format and runtime."""
+    columns = [(f, r) for r in runtimes for f in formats]
+    print("mean Dice against the official tool on the same folder (lowest class > 1 cm3 in brackets)")
+    print(f"{'case':12} {'classes':>7} " + " ".join(f"{f + ' plans, ' + r:>24}" for f, r in columns))
+    for case in dict.fromkeys(o.case for o in outcomes):
+        cells = {(o.plans_format, o.runtime): o for o in outcomes if o.case == case}
+        classes = max(len(o.dice) for o in cells.values())
+        print(f"{case.name:12} {classes:7d} " + " ".join(f"{_cell(cells[c]) if c in cells else '-':>24}"
+                                                          for c in columns))
+        for (plans_format, runtime), o in cells.items():
+            worst = ", ".join(f"{name} {d:.4f}" for name, d in sorted(o.dice.items(), key=lambda kv: kv[1])[:3])
+            stats = f"; statistics: largest volume difference {o.stats_diff:.3f} %" if o.stats_diff is not None else ""
+            print(f"{'':13}{plans_format}/{runtime}: worst {worst}{stats}; seconds official {o.seconds[0]:.1f}, "
+                  f"ours {o.seconds[1]:.1f}")
+        if set(FORMATS) <= set(formats):
+            sides = ["official", *(f"ours-{r}" for r in runtimes)]
+            same = [f"{side} {differing_voxels(*(work / f / case.name / side / 'seg.nii.gz' for f in FORMATS))}"
+                    for side in sides]
+            print(f"{'':13}voxels that differ between old and new plans: " + ", ".join(same))
 
 
 def main() -> None:
@@ -161,20 +197,27 @@ def main() -> None:
     parser.add_argument("--official-venv", type=Path, default=ROOT / ".venv-official")
     parser.add_argument("--official-bin", type=Path, help="folder with an installed official TotalSegmentator")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runtime", default="auto", help="our CPU runtime: auto, onnxruntime, torch or nnunet")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"],
+                        help="our CPU runtimes to compare: torch (auto), onnxruntime, nnunet")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
+                        help="plans formats of the weights folders (old: as released)")
     parser.add_argument("--reuse-official", action="store_true",
                         help="keep official outputs of an earlier run in --work (to compare another runtime)")
     args = parser.parse_args()
     official_bin = args.official_bin or official_venv(args.official_venv)
     args.work.mkdir(parents=True, exist_ok=True)
-    home = args.work / "home"
-    if not home.exists():
-        build_weights(home)
     derived_inputs(args.work)
-    env = child_env(home)
-    outcomes = [run_case(c, args.work, official_bin, env, args.device, args.runtime, args.reuse_official)
-                for c in CASES if c.name in args.cases]
-    report(outcomes)
+    outcomes = []
+    for plans_format in args.formats:
+        home = args.work / f"home-{plans_format}"
+        if not home.exists():
+            build_weights(home, plans_format)
+        env = child_env(home)
+        for case in CASES:
+            if case.name in args.cases:
+                outcomes += run_case(case, args.work / plans_format / case.name, args.work, official_bin, env,
+                                     args.device, args.runtimes, plans_format, args.reuse_official)
+    report(outcomes, args.work, args.formats, args.runtimes)
 
 
 if __name__ == "__main__":

@@ -111,9 +111,9 @@ def convert(ref: dict) -> dict:
         for mode in task["modes"].values():
             for model in mode["models"]:
                 datasets.setdefault(str(model["dataset_id"]), {"folder": None, "release": None, "licensed": False})
-    licensed_names = {}
-    for task_name, dataset_id in ref["commercial_models"].items():
-        licensed_names.setdefault(str(dataset_id), task_name)
+    # The name the official client sends for a licensed dataset: it inverts commercial_models, so where two
+    # tasks share a dataset (857: thigh_shoulder_muscles and thigh_shoulder_muscles_mr) the last one wins.
+    licensed_names = {str(dataset_id): task_name for task_name, dataset_id in ref["commercial_models"].items()}
     return {
         "source": ref["source"],
         "release_url": ref["weights_base_url"].replace("{foldername}", "{folder}"),

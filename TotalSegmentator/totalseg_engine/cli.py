@@ -147,10 +147,10 @@ def _reporter(args: argparse.Namespace):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from . import allocator, api, weights
+    from . import allocator, api, licensing
 
     if args.license_number:
-        weights.set_license_key(args.license_number)
+        licensing.set_license_key(args.license_number)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
         api.totalsegmentator(
             args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest,

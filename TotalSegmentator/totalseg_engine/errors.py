@@ -23,6 +23,10 @@ class WeightsMissingError(WeightsError):
     """Weights for a dataset are not installed and could not be downloaded."""
 
 
+class ModelPlansError(WeightsError):
+    """A model folder's plans.json or dataset.json is missing, unreadable or lacks what inference needs."""
+
+
 class DownloadError(WeightsError):
     """A weights download or import failed; nothing was installed."""
 

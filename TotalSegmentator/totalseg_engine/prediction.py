@@ -37,6 +37,9 @@ CHECKPOINT = runtimes.CHECKPOINT
 # faster on a CPU but its logits differ by ~1e-3, which moves some near-tie voxels (see README, Performance).
 RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
 _NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
+# nnunetv2 (>= 2.3.1) warns on every plans file in the format before 2.3, which most released weights use, and
+# converts it; TotalSegmentator hides the warning too.
+OLD_PLANS_WARNING = "Detected old nnU-Net plans format"
 
 
 def resolve_device(requested: str = "gpu") -> str:
@@ -126,12 +129,15 @@ class ModelRunner:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text()))
-        dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
         checkpoints = [runtimes.load_checkpoint(self.model_dir, fold) for fold in self.folds]
         first = checkpoints[0]
         configuration = configuration or first["init_args"]["configuration"]
-        config_manager = plans_manager.get_configuration(configuration)
+        read_model_plans(self.model_dir, configuration)  # a file nnU-Net would fail on is named, with the key
+        plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text()))
+        dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
+        with warnings.catch_warnings():  # most released plans are in the old format: nnU-Net converts them
+            warnings.filterwarnings("ignore", message=OLD_PLANS_WARNING, category=UserWarning)
+            config_manager = plans_manager.get_configuration(configuration)
         self._num_input_channels = determine_num_input_channels(plans_manager, config_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         network = runtimes.empty_network(

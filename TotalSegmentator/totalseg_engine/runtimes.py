@@ -26,6 +26,9 @@ from .weights import CHECKPOINT
 
 ONNX_OPSET = 17
 Forward = Callable[[np.ndarray], np.ndarray]
+# Where dynamic_network_architectures (0.4 and later) keeps nnU-Net's U-Nets. nnunetv2's conversion of old-format
+# plans still names ResidualEncoderUNet in ``architectures.residual_unet``, a module that no longer exists.
+NETWORK_MODULE = "dynamic_network_architectures.architectures.unet"
 
 
 def onnxruntime_available() -> bool:
@@ -60,6 +63,22 @@ def load_checkpoint(model_dir: Path, fold: int) -> dict:
         raise TotalSegmentatorError(f"Could not read model file {path}: {err}. Re-download it.") from err
 
 
+def network_class_path(name: str) -> str:
+    """The importable path of the network class a plans file names.
+
+    nnunetv2 looks a class it cannot import up by importing every module of
+    ``dynamic_network_architectures.architectures``; some of those import timm and torchvision, which takes
+    seconds and fails outright with CPU-only torch builds. A class that moved is found here by its name instead.
+    """
+    import pydoc
+
+    for path in (name, f"{NETWORK_MODULE}.{name.rsplit('.', 1)[-1]}"):
+        if pydoc.locate(path) is not None:
+            return path
+    raise TotalSegmentatorError(f"The network class {name} named in plans.json is not in the installed "
+                                f"dynamic_network_architectures; update it with `pip install -U nnunetv2`.")
+
+
 def empty_network(class_name: str, kwargs: dict, kwargs_to_import: Sequence[str], channels: int, classes: int):
     """The network's modules with no storage behind their weights (torch's meta device), built in milliseconds.
 
@@ -69,8 +88,9 @@ def empty_network(class_name: str, kwargs: dict, kwargs_to_import: Sequence[str]
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+    class_path = network_class_path(class_name)
     with torch.device("meta"):
-        return get_network_from_plans(class_name, kwargs, kwargs_to_import, channels, classes, allow_init=False,
+        return get_network_from_plans(class_path, kwargs, kwargs_to_import, channels, classes, allow_init=False,
                                       deep_supervision=False)
 
 

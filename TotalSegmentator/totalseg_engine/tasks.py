@@ -205,3 +205,9 @@ def models_of_task(name: str) -> list[ModelSpec]:
         for model in mode.models:
             seen.setdefault(model.dataset_id, model)
     return list(seen.values())
+
+
+def users_of_dataset(dataset_id: int) -> list[tuple[str, ModelSpec]]:
+    """Every (task name, model) of the registry that runs this nnU-Net dataset, in registry order."""
+    return [(task.name, model) for task in all_tasks().values() for mode in task.modes.values()
+            for model in mode.models if model.dataset_id == dataset_id]

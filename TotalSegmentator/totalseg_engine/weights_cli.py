@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import weights
+from . import licensing, weights, weights_archive
 from .errors import TotalSegmentatorError
 from .progress import TerminalReporter
 from .tasks import get_task
@@ -64,8 +64,11 @@ def import_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def install() -> None:
-        for folder in weights.import_weights(args.weights_file, overwrite=args.overwrite):
+        report = weights_archive.import_weights(args.weights_file, overwrite=args.overwrite)
+        for folder in report.installed:
             print(f"Installed {folder}")
+        for skipped in report.skipped:
+            print(f"Skipped {skipped}", file=sys.stderr)
 
     return _run(install)
 
@@ -81,7 +84,7 @@ def license_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def store() -> None:
-        weights.set_license_key(args.license_number, validate=not args.skip_validation)
+        licensing.set_license_key(args.license_number, validate=not args.skip_validation)
         print("The licence key has been saved.")
 
     return _run(store)

@@ -26,7 +26,7 @@ class Requirement:
 
 REQUIREMENTS = (
     Requirement("torch", "2.1", "installed through the PyTorch extension when available (right CUDA build)"),
-    Requirement("nnunetv2", "2.5"),
+    Requirement("nnunetv2", "2.5.1", "the first release that rebuilds ResidualEncoderUNet from old-format plans"),
     Requirement("SimpleITK", "2.2"),
     Requirement("nibabel", "5.0"),
     Requirement("scipy", "1.10"),
