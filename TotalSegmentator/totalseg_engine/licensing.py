@@ -7,9 +7,6 @@ atomically so the official package never reads half of it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Optional
 
 from . import paths
@@ -24,8 +21,6 @@ from .weights_transfer import (
     registry_url,
     server_answer,
 )
-
-_TMP_PREFIX = ".totalseg-tmp-"
 
 
 def _read_config() -> dict[str, Any]:
@@ -43,16 +38,10 @@ def _read_config() -> dict[str, Any]:
 
 def _write_config(config: dict[str, Any]) -> None:
     """Replace config.json atomically so the official package never reads half a file."""
-    path = paths.config_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .imageio import atomic_output  # the project's one atomic writer; imported here to keep start-up light
+
+    with atomic_output(paths.config_file(), overwrite=True) as temporary:
+        temporary.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 
 def get_license_key() -> Optional[str]:
