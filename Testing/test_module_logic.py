@@ -1,93 +1,42 @@
 """TotalSegmentatorLogic, the console API, run for real in a slicer-core scene.
 
-No Slicer application runs here: the few application pieces the logic touches (``qt.QTimer``, the
-``ScriptedLoadableModule`` base classes, ``slicer.app.processEvents``) are replaced by minimal stand-ins, and
-the module file is imported as Slicer would import it. Everything below them — export, the engine child
-process, import into the scene — is the real code path.
+No Slicer application runs here: ``slicer_app_stand_in`` puts Slicer's application pieces around the real
+logic (``qt`` from PySide6 with PythonQt's rules, the real ``QTimer`` driven by Qt's event loop,
+``slicer.app``, the ``ScriptedLoadableModule`` base classes written from Slicer's source), and the module file
+is imported as Slicer imports it. Everything below them — export, the engine child process, import into the
+scene — is the real code path.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import time
-import types
 from pathlib import Path
 
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML without Qt) is not installed")
+pytest.importorskip("PySide6", reason="PySide6 stands in for PythonQt's Qt")
 
 from model_factory import NetworkSize, write_task_models  # noqa: E402
 from mrml_support import load_volume  # noqa: E402
+from slicer_app_stand_in import import_module, install  # noqa: E402
 from totalseg_engine import paths  # noqa: E402
+from totalseg_slicer import dependencies  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
 
 MODULE = Path(__file__).resolve().parents[1] / "TotalSegmentator" / "TotalSegmentator.py"
 QUICK = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 
 
-class _Signal:
-    def __init__(self) -> None:
-        self.slots = []
-
-    def connect(self, slot) -> None:
-        self.slots.append(slot)
-
-
-class _Timer:
-    """Records the slot; the test drives it by calling ``fire``."""
-
-    def __init__(self) -> None:
-        self.timeout = _Signal()
-        self.active = False
-
-    def setInterval(self, ms: int) -> None:
-        self.interval = ms
-
-    def start(self) -> None:
-        self.active = True
-
-    def stop(self) -> None:
-        self.active = False
-
-    def fire(self) -> None:
-        for slot in self.timeout.slots:
-            slot()
-
-
-def _fake_application_modules(monkeypatch) -> None:
-    qt = types.SimpleNamespace(QTimer=_Timer, QEventLoop=types.SimpleNamespace(AllEvents=0))
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class _Base:
-        def __init__(self, *args) -> None:
-            pass
-
-        def getParameterNode(self):
-            return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
-                 "ScriptedLoadableModuleWidget"):
-        setattr(slm, name, type(name, (_Base,), {}))
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda *a: None), raising=False)
+@pytest.fixture
+def app(mrml, monkeypatch, tmp_path):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    return install(monkeypatch, mrml.scene, tmp_path, MODULE)
 
 
 @pytest.fixture
-def module(mrml, monkeypatch, tmp_path):
-    _fake_application_modules(monkeypatch)
-    monkeypatch.setattr(slicer, "mrmlScene", mrml.scene, raising=False)
-    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
-    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
-    spec = importlib.util.spec_from_file_location("TotalSegmentatorModule", MODULE)
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+def module(app, monkeypatch):
+    return import_module(monkeypatch, MODULE)
 
 
 def classes_of(node) -> set:
@@ -107,7 +56,7 @@ def test_process_blocks_and_returns_a_filled_segmentation(module, mrml, data_dir
     assert first.GetName() == si.segment_tag(first, si.CLASS_TAG)  # TotalSegmentator ids, as asked
 
 
-def test_process_async_reports_and_finishes_through_the_timer(module, mrml, data_dir):
+def test_process_async_reports_and_finishes_through_the_timer(app, module, mrml, data_dir):
     write_task_models(paths.weights_dir(), "total", "fast", QUICK, seed=5)
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
     logic = module.TotalSegmentatorLogic()
@@ -115,17 +64,13 @@ def test_process_async_reports_and_finishes_through_the_timer(module, mrml, data
     job = logic.processAsync(volume, None, task="total", fast=True, device="cpu",
                              onProgress=lambda f, m: progress.append(f), onFinished=lambda s, m: finished.append(s))
     assert logic.isRunning
-    deadline = time.monotonic() + 300
-    while not finished:
-        assert time.monotonic() < deadline
-        logic._timer.fire()
-        time.sleep(0.05)
+    app.spin(lambda: bool(finished))
     assert finished == ["succeeded"] and not logic.isRunning
     assert 1.0 in progress
     assert classes_of(job.segmentation_node)
 
 
-def test_cancel_from_the_logic_reports_cancelled_and_keeps_the_node(module, mrml, data_dir):
+def test_cancel_from_the_logic_reports_cancelled_and_keeps_the_node(app, module, mrml, data_dir):
     write_task_models(paths.weights_dir(), "total", "normal",
                       NetworkSize(features=(16, 32, 64, 128), patch_size=(96, 96, 96)), seed=5)
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
@@ -136,11 +81,7 @@ def test_cancel_from_the_logic_reports_cancelled_and_keeps_the_node(module, mrml
     logic.processAsync(volume, node, task="total", device="cpu",
                        onProgress=lambda f, m: predicting.append(m) if "Predicting" in m else None,
                        onFinished=lambda s, m: finished.append(s))
-    deadline = time.monotonic() + 120
-    while not predicting:
-        assert time.monotonic() < deadline and not finished
-        logic._timer.fire()
-        time.sleep(0.05)
+    app.spin(lambda: bool(predicting or finished), timeout_s=120)
     logic.cancel()
     assert finished == ["cancelled"]
     assert node.GetSegmentation().GetNumberOfSegments() == 0
@@ -154,3 +95,29 @@ def test_failure_messages_are_recognised_for_the_dialogs(module, mrml, data_dir)
     assert logic.needsWeights(str(failure.value))
     assert not logic.needsLicense(str(failure.value))
     assert ("CPU", "cpu") in logic.availableDevices() and logic.availableDevices()[0][1] == "auto"
+
+
+def test_console_runs_say_what_to_install_when_packages_are_missing(module, mrml, data_dir, monkeypatch):
+    """process() checked nothing and stopped with ModuleNotFoundError where nibabel or nnunetv2 were missing."""
+    volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
+    monkeypatch.setattr(dependencies, "installed_version",
+                        lambda name, lookup=None: None if name in ("nibabel", "nnunetv2") else "99.0")
+    logic = module.TotalSegmentatorLogic()
+    for call in (lambda: logic.process(volume, None, task="total", fast=True),
+                 lambda: logic.processAsync(volume, None, task="total", fast=True)):
+        with pytest.raises(RuntimeError, match="nibabel.*nnunetv2|nnunetv2.*nibabel") as missing:
+            call()
+        assert "Install" in str(missing.value) or "install" in str(missing.value)
+    assert not logic.isRunning
+
+
+def test_self_test_skips_with_a_message_without_packages_or_weights(module, monkeypatch):
+    shown = []
+    test = module.TotalSegmentatorTest()
+    monkeypatch.setattr(test, "delayDisplay", shown.append)
+    with monkeypatch.context() as without_packages:
+        without_packages.setattr(dependencies, "installed_version", lambda name, lookup=None: None)
+        test.runTest()
+    assert shown[-1].startswith("Skipped:") and "torch" in shown[-1]
+    test.test_FastTotalOnSampleCT()
+    assert shown[-1].startswith("Skipped: the weights")

@@ -25,8 +25,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from totalseg_slicer import panel_state
 
-SPEEDS = ("normal", "fast", "fastest")
 POLL_INTERVAL_MS = 100
 WEIGHTS_FOLDER_SETTING = "TotalSegmentator/WeightsFolder"
 
@@ -96,7 +96,7 @@ class TotalSegmentatorParameterNode:
 
 
 class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin panel: widgets <-> parameter node; Apply/Cancel -> logic; no segmentation logic here."""
+    """Thin panel: widgets <-> parameter node; Apply/Cancel -> logic. The rules live in ``panel_state``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -105,6 +105,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[TotalSegmentatorParameterNode] = None
         self._parameterNodeGuiTag = None
         self._updatingGui = False
+        self._startTime = time.monotonic()
 
     # ---------------------------------------------------------------- setup
 
@@ -118,26 +119,28 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._fillTasks()
         self._fillDevices()
-        self.ui.weightsFolderPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_FOLDER_SETTING, "")
         self.ui.licenseKeyLineEdit.text = self.logic.licenseKey() or ""
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._connectWidgets()
+        # After the connection, so that the restored folder goes through onWeightsFolderChanged like a choice.
+        self.ui.weightsFolderPathLineEdit.currentPath = self.logic.weightsFolder()
         self.initializeParameterNode()
         self.updateWeightsStatus()
 
     def _connectWidgets(self) -> None:
         ui = self.ui
-        ui.modalityFilterComboBox.currentIndexChanged.connect(lambda _: self._fillTasks())
+        ui.modalityFilterComboBox.currentIndexChanged.connect(self.onModalityFilterChanged)
         ui.taskComboBox.currentIndexChanged.connect(self.onTaskChanged)
-        for speed in SPEEDS:
+        for speed in panel_state.SPEEDS:
             self._speedButton(speed).toggled.connect(lambda checked, s=speed: checked and self._setParam("speed", s))
         ui.roiSubsetFilterLineEdit.textChanged.connect(self.onRoiFilterChanged)
         ui.roiSubsetListWidget.itemChanged.connect(lambda _: self.onRoiSubsetChanged())
         ui.deviceComboBox.currentIndexChanged.connect(
             lambda _: self._setParam("device", ui.deviceComboBox.currentData or "auto"))
         ui.outputSegmentationSelector.currentNodeChanged.connect(ui.segmentationShow3DButton.setSegmentationNode)
+        ui.inputVolumeSelector.currentNodeChanged.connect(lambda _: self._updateApplyButton())
         ui.applyButton.clicked.connect(self.onApplyOrCancel)
         ui.setLicenseButton.clicked.connect(self.onSetLicense)
         ui.weightsFolderPathLineEdit.currentPathChanged.connect(self.onWeightsFolderChanged)
@@ -151,6 +154,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic:
             self.logic.cancel()
         self.removeObservers()
+        self._disconnectParameterNode()
 
     # ---------------------------------------------------------------- parameter node
 
@@ -158,10 +162,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic:
@@ -180,14 +181,20 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, parameterNode: Optional[TotalSegmentatorParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self._disconnectParameterNode()
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
             self.updateGuiFromParameterNode()
+
+    def _disconnectParameterNode(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                    self.updateGuiFromParameterNode)
+        self._parameterNodeGuiTag = None
 
     def _setParam(self, name: str, value) -> None:
         if self._parameterNode and not self._updatingGui and getattr(self._parameterNode, name) != value:
@@ -199,7 +206,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGui = True
         try:
-            self._selectTask(self._parameterNode.task)
+            self._showTask(self._parameterNode.task)
             self._updateSpeedButtons()
             self._updateRoiList()
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
@@ -211,59 +218,65 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- task, speed, ROI
 
     def _fillTasks(self) -> None:
-        """Task list filtered by modality; licensed tasks marked; a tooltip per task."""
-        from totalseg_engine.tasks import all_tasks
-
-        modality = self.ui.modalityFilterComboBox.currentText
+        """Task list of the current filter, licensed tasks marked, a tooltip per task."""
         combo = self.ui.taskComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for task in all_tasks().values():
-            if modality in ("CT", "MR") and task.modality != modality:
-                continue
-            label = f"{task.name}  ({task.modality}{', licence' if task.licensed else ''})"
-            combo.addItem(label, task.name)
-            combo.setItemData(combo.count - 1, taskTooltip(task), qt.Qt.ToolTipRole)
+        for choice in panel_state.task_choices(self.ui.modalityFilterComboBox.currentText):
+            combo.addItem(choice.label, choice.name)
+            combo.setItemData(combo.count - 1, choice.tooltip, qt.Qt.ToolTipRole)
         combo.blockSignals(wasBlocked)
-        if self._parameterNode:
-            self._selectTask(self._parameterNode.task)
 
-    def _selectTask(self, name: str) -> None:
-        index = self.ui.taskComboBox.findData(name)
-        if index < 0 and self.ui.modalityFilterComboBox.currentIndex != 0:
-            self.ui.modalityFilterComboBox.currentIndex = 0  # show all so the stored task is visible
-            index = self.ui.taskComboBox.findData(name)
+    def onModalityFilterChanged(self, index: int) -> None:
+        """The user picked a filter: list its tasks and choose the current task's counterpart when hidden."""
+        self._fillTasks()
+        if not self._parameterNode:
+            return
+        task = panel_state.task_after_filter_change(self.ui.modalityFilterComboBox.currentText,
+                                                    self._parameterNode.task)
+        self._chooseTask(task)
+        self._showTask(self._parameterNode.task)
+
+    def _showTask(self, name: str) -> None:
+        """Select a task set elsewhere (scene, console); widen the filter only if it hides that task."""
+        combo = self.ui.modalityFilterComboBox
+        wanted = panel_state.filter_showing(combo.currentText, name)
+        if wanted != combo.currentText:
+            wasBlocked = combo.blockSignals(True)
+            combo.currentIndex = combo.findText(wanted)
+            combo.blockSignals(wasBlocked)
+            self._fillTasks()
         wasBlocked = self.ui.taskComboBox.blockSignals(True)
-        self.ui.taskComboBox.currentIndex = index
+        self.ui.taskComboBox.currentIndex = self.ui.taskComboBox.findData(name)
         self.ui.taskComboBox.blockSignals(wasBlocked)
 
     def onTaskChanged(self, index: int) -> None:
-        name = self.ui.taskComboBox.itemData(index)
-        if name and self._parameterNode and name != self._parameterNode.task:
-            self._parameterNode.roiSubset = []
-            self._setParam("task", name)
+        self._chooseTask(self.ui.taskComboBox.itemData(index))
+
+    def _chooseTask(self, name: Optional[str]) -> None:
+        params = self._parameterNode
+        if name and params and name != params.task:
+            with slicer.util.NodeModify(params.parameterNode):
+                params.roiSubset = []
+                params.speed = panel_state.speed_for(name, params.speed)
+                params.task = name
         self.updateWeightsStatus()
 
     def _speedButton(self, speed: str):
         return getattr(self.ui, f"speed{speed.capitalize()}RadioButton")
 
     def _updateSpeedButtons(self) -> None:
-        from totalseg_engine.tasks import get_task
-
-        task = get_task(self._parameterNode.task)
-        for speed in SPEEDS:
+        for speed, offered in panel_state.offered_speeds(self._parameterNode.task).items():
             button = self._speedButton(speed)
-            button.enabled = speed in task.modes
+            button.enabled = offered
             button.checked = speed == self._parameterNode.speed
-        if self._parameterNode.speed not in task.modes:
-            self._parameterNode.speed = "normal"
 
     def _updateRoiList(self) -> None:
         """Checklist of the task's classes, shown only for tasks that support ROI subsets."""
         from totalseg_engine.tasks import get_task
 
         task = get_task(self._parameterNode.task)
-        supported = task.name in ("total", "total_mr")
+        supported = panel_state.roi_supported(task.name)
         for widget in (self.ui.roiSubsetLabel, self.ui.roiSubsetFilterLineEdit, self.ui.roiSubsetListWidget,
                        self.ui.roiSubsetSummaryLabel):
             widget.visible = supported
@@ -277,21 +290,19 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                 listWidget.addItem(item)
             listWidget.setProperty("task", task.name)
-        chosen = set(self._parameterNode.roiSubset)
+        chosen = list(self._parameterNode.roiSubset)
         for row in range(listWidget.count):
             item = listWidget.item(row)
             item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in chosen else qt.Qt.Unchecked)
         listWidget.blockSignals(wasBlocked)
-        self.ui.roiSubsetSummaryLabel.text = f"{len(chosen)} selected" if chosen else "All structures"
+        self.ui.roiSubsetSummaryLabel.text = panel_state.roi_summary(chosen)
         self.onRoiFilterChanged(self.ui.roiSubsetFilterLineEdit.text)
 
     def onRoiFilterChanged(self, text: str) -> None:
         listWidget = self.ui.roiSubsetListWidget
-        needle = text.strip().lower()
         for row in range(listWidget.count):
             item = listWidget.item(row)
-            item.setHidden(bool(needle) and needle not in item.text().lower()
-                           and needle not in str(item.data(qt.Qt.UserRole)).lower())
+            item.setHidden(not panel_state.roi_matches(text, item.text(), str(item.data(qt.Qt.UserRole))))
 
     def onRoiSubsetChanged(self) -> None:
         listWidget = self.ui.roiSubsetListWidget
@@ -301,29 +312,28 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillDevices(self) -> None:
         combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
         combo.clear()
         for label, value in self.logic.availableDevices():
             combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        if self._parameterNode:
+            combo.currentIndex = max(combo.findData(self._parameterNode.device), 0)
 
     # ---------------------------------------------------------------- run
 
     def _updateApplyButton(self) -> None:
-        running = self.logic is not None and self.logic.isRunning
-        if running:
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the segmentation; the output segmentation stays as it was."
-            self.ui.applyButton.enabled = True
-            return
-        self.ui.applyButton.text = "Apply"
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
-        self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = "Run the segmentation in the background." if ready else "Select an input volume."
+        state = panel_state.apply_button(self.logic is not None and self.logic.isRunning,
+                                         bool(self._parameterNode and self._parameterNode.inputVolume))
+        self.ui.applyButton.text = state.text
+        self.ui.applyButton.enabled = state.enabled
+        self.ui.applyButton.toolTip = state.tooltip
 
     def onApplyOrCancel(self) -> None:
         if self.logic.isRunning:
             self.logic.cancel()
             return
-        if not self.logic.ensureDependencies(askConfirmation=True):
+        if not self._withErrorDisplay("Installing the Python packages failed.", self.logic.ensureDependencies):
             return
         params = self._parameterNode
         if not self._confirmReplacement(params):
@@ -335,14 +345,22 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = ""
+        self._startTime = time.monotonic()  # before start(): the job reports its first progress from start()
         try:
             self.logic.start(params, allFrames=allFrames, onProgress=self.onProgress, onLog=self.onLog,
                              onFinished=self.onFinished)
         except Exception as err:  # a bad request: say it, keep everything as it was
             slicer.util.errorDisplay(f"Could not start the segmentation: {err}")
             return
-        self._startTime = time.monotonic()
         self._updateApplyButton()
+
+    def _withErrorDisplay(self, message: str, action: Callable[[], object]) -> bool:
+        """Run ``action``; on an exception show it with ``message`` (Slicer's error display) and return False."""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+                return bool(action())
+        except Exception:
+            return False  # already shown to the user; the panel stays usable
 
     def _confirmReplacement(self, params: TotalSegmentatorParameterNode) -> bool:
         names = self.logic.segmentsToReplace(params)
@@ -369,7 +387,6 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if state == "succeeded":
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = "Done."
-            self.ui.outputSegmentationSelector.setCurrentNode(self._parameterNode.outputSegmentation)
             return
         if state == "cancelled":
             self.ui.statusLabel.text = "Cancelled; the segmentation was left as it was."
@@ -402,61 +419,63 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onSetLicense()
 
     def onSetLicense(self) -> None:
-        try:
-            self.logic.setLicenseKey(self.ui.licenseKeyLineEdit.text.strip())
-        except Exception as err:
-            slicer.util.errorDisplay(str(err))
-            return
-        self.ui.statusLabel.text = "Licence key stored."
+        if self._withErrorDisplay("The licence key was not stored.",
+                                  lambda: self.logic.setLicenseKey(self.ui.licenseKeyLineEdit.text.strip()) or True):
+            self.ui.statusLabel.text = "Licence key stored."
         self.updateWeightsStatus()
 
     def onWeightsFolderChanged(self, path: str) -> None:
-        qt.QSettings().setValue(WEIGHTS_FOLDER_SETTING, path)
-        self.logic.setWeightsFolder(path)
+        self.logic.setWeightsFolder(path, remember=True)
         self.updateWeightsStatus()
 
     def onDownloadWeights(self) -> None:
         task = self._parameterNode.task if self._parameterNode else "total"
-        with slicer.util.tryWithErrorDisplay(f"Downloading the weights of '{task}' failed.", waitCursor=True):
-            self.logic.downloadWeights(task, onProgress=self.onProgress if hasattr(self, "_startTime") else None)
+        self._startTime = time.monotonic()
+        self._withErrorDisplay(f"Downloading the weights of '{task}' failed.",
+                               lambda: self.logic.downloadWeights(task, onProgress=self.onProgress) or True)
         self.updateWeightsStatus()
 
     def onImportWeights(self) -> None:
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import weights (zip)", "", "Zip (*.zip)")
         if not path:
             path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Import weights (folder)")
-        if not path:
-            return
-        with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
-            report = self.logic.importWeights(path)
-            skipped = f"; skipped {len(report.skipped)} (see the log)" if report.skipped else ""
-            self.ui.statusLabel.text = f"Imported {len(report.installed)} model folder(s){skipped}."
-            for item in report.skipped:
-                logging.warning(f"Weights import skipped {item}")
+        if path:
+            self._withErrorDisplay("Importing the weights failed.", lambda: self._importWeights(path))
         self.updateWeightsStatus()
 
+    def _importWeights(self, path: str) -> bool:
+        report = self.logic.importWeights(path)
+        skipped = f"; skipped {len(report.skipped)} (see the log)" if report.skipped else ""
+        self.ui.statusLabel.text = f"Imported {len(report.installed)} model folder(s){skipped}."
+        for item in report.skipped:
+            logging.warning(f"Weights import skipped {item}")
+        return True
+
     def updateWeightsStatus(self) -> None:
-        if not self._parameterNode:
-            return
-        self.ui.weightsStatusLabel.text = self.logic.weightsStatus(self._parameterNode.task)
+        if self._parameterNode:
+            self.ui.weightsStatusLabel.text = self.logic.weightsStatus(self._parameterNode.task)
 
     def updateDependencyStatus(self) -> None:
         self.ui.dependenciesStatusLabel.text = self.logic.dependencySummary()
 
     def onInstallDependencies(self) -> None:
-        self.logic.ensureDependencies(askConfirmation=True, reinstall=True)
+        if self._withErrorDisplay("Installing the Python packages failed.",
+                                  lambda: self.logic.ensureDependencies(askConfirmation=True, reinstall=True)):
+            self._fillDevices()  # a new torch may see GPUs the old answer did not
         self.updateDependencyStatus()
 
 
-def taskTooltip(task) -> str:
-    """What a task segments, for the task list."""
-    names = ", ".join(task.class_names[:25]) + (", ..." if len(task.class_names) > 25 else "")
-    lines = [f"{task.name} ({task.modality}): {len(task.classes)} structures", names]
-    if task.licensed:
-        lines.append("Needs a licence key (free for non-commercial use).")
-    if task.info:
-        lines.append(task.info)
-    return "\n".join(lines)
+def connectGui(parameterNode, gui):
+    """``parameterNode.connectGui(gui)`` and its tag on every Slicer version.
+
+    Slicer 5.8's ``connectGui`` registers the connection but returns None (fixed in 5.10, commit b5a65a49a0),
+    so ``disconnectGui(None)`` would leave it in place and every ``enter()`` would add another; its wrapper
+    numbers connections from ``_nextParameterGUIsTag``, so the last one handed out is this one's tag.
+    """
+    tag = parameterNode.connectGui(gui)
+    if tag is None:
+        tag = parameterNode._nextParameterGUIsTag - 1
+    return tag
 
 
 def displayName(className: str) -> str:
@@ -487,6 +506,8 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         self._lastJob = None
         self._timer = None
         self._callbacks: dict[str, Callable] = {}
+        if self.weightsFolder():  # the panel's choice applies to console runs too
+            self.setWeightsFolder(self.weightsFolder())
 
     def getParameterNode(self) -> TotalSegmentatorParameterNode:
         return TotalSegmentatorParameterNode(super().getParameterNode())
@@ -517,17 +538,28 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return job
 
     def _makeJob(self, inputVolume, outputSegmentation, task, fast, fastest, roiSubset, device, options):
+        self.requireDependencies()
         from totalseg_slicer.job import JobRequest, SegmentationJob
 
         speed = "fastest" if fastest else ("fast" if fast else "normal")
         request = JobRequest(task=task, speed=speed, roi_subset=list(roiSubset or []), device=device, **options)
-        return SegmentationJob(slicer.mrmlScene, inputVolume, outputSegmentation, request)
+        return SegmentationJob(slicer.mrmlScene, inputVolume, outputSegmentation, request,
+                               temp_root=self.temporaryFolder())
+
+    @staticmethod
+    def temporaryFolder() -> Path:
+        """Slicer's temporary folder (Application settings), where exports and engine outputs go while running."""
+        return Path(slicer.app.temporaryPath)
 
     # ---------------------------------------------------------------- panel runs
 
     def start(self, params: TotalSegmentatorParameterNode, allFrames: bool = False, onProgress=None, onLog=None,
               onFinished=None) -> None:
-        """Start the run the panel describes (every frame of a sequence when ``allFrames``)."""
+        """Start the run the panel describes (every frame of a sequence when ``allFrames``).
+
+        New output nodes appear only with a result: a cancelled or failed first run adds nothing to the scene.
+        """
+        self.requireDependencies()
         from totalseg_slicer.job import JobRequest, SegmentationJob, SequenceJob
 
         request = JobRequest(
@@ -535,17 +567,20 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
             robust_crop=params.robustCrop, body_seg=params.bodySeg, remove_small_blobs=params.removeSmallBlobs,
             higher_order_resampling=params.higherOrderResampling, statistics=params.computeStatistics,
             use_standard_names=params.useStandardSegmentNames)
-        if not params.outputSegmentation:
-            params.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", f"{params.inputVolume.GetName()} {params.task}")
-            params.outputSegmentation.CreateDefaultDisplayNodes()
-        if params.computeStatistics and not params.outputStatisticsTable:
-            params.outputStatisticsTable = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLTableNode", f"{params.inputVolume.GetName()} {params.task} statistics")
         jobClass = SequenceJob if allFrames else SegmentationJob
         job = jobClass(slicer.mrmlScene, params.inputVolume, params.outputSegmentation, request,
-                       table_node=params.outputStatisticsTable if params.computeStatistics else None)
-        self._run(job, onProgress, onLog, onFinished)
+                       table_node=params.outputStatisticsTable if params.computeStatistics else None,
+                       temp_root=self.temporaryFolder())
+
+        def finished(state: str, message: str) -> None:
+            if state == "succeeded":
+                params.outputSegmentation = job.segmentation_node
+                if request.statistics and getattr(job, "table_node", None) is not None:
+                    params.outputStatisticsTable = job.table_node
+            if onFinished:
+                onFinished(state, message)
+
+        self._run(job, onProgress, onLog, finished)
 
     def _run(self, job, onProgress, onLog, onFinished) -> None:
         if self.isRunning:
@@ -604,19 +639,15 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return sequences.frames_of(slicer.mrmlScene, volumeNode) if volumeNode else []
 
     def availableDevices(self) -> list[tuple[str, str]]:
-        """(label, value) pairs: auto, every CUDA GPU, the CPU, Apple MPS where present."""
-        devices = [("auto (GPU if available)", "auto")]
-        try:
-            import torch
+        """(label, value) pairs: auto, every CUDA GPU, Apple MPS where present, the CPU.
 
-            devices += [(f"GPU {i}: {torch.cuda.get_device_name(i)}", f"gpu:{i}")
-                        for i in range(torch.cuda.device_count())]
-            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-                devices.append(("Apple MPS", "mps"))
-        except ImportError:
-            pass  # torch not installed yet: offered after installation
-        devices.append(("CPU", "cpu"))
-        return devices
+        Asked of Slicer's Python in a child process (once, cached): importing torch here would open a CUDA
+        context in Slicer itself, and a broken torch install would stop the panel from opening.
+        """
+        from totalseg_slicer import devices
+        from totalseg_slicer.job import slicer_python
+
+        return devices.query_devices(slicer_python())
 
     def licenseKey(self) -> Optional[str]:
         from totalseg_engine import licensing
@@ -628,8 +659,15 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
 
         licensing.set_license_key(key)
 
-    def setWeightsFolder(self, path: str) -> None:
-        """Use another weights folder (TotalSegmentator's layout) for this session and its child processes."""
+    @staticmethod
+    def weightsFolder() -> str:
+        """The weights folder chosen in the panel (application settings), or "" for the default."""
+        return str(qt.QSettings().value(WEIGHTS_FOLDER_SETTING, "") or "")
+
+    def setWeightsFolder(self, path: str, remember: bool = False) -> None:
+        """Use another weights folder (TotalSegmentator's layout) here and in the engine's child processes."""
+        if remember:
+            qt.QSettings().setValue(WEIGHTS_FOLDER_SETTING, path or "")
         if path:
             os.environ["TOTALSEG_WEIGHTS_PATH"] = path
         else:
@@ -676,48 +714,47 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
 
         return dependencies.summary(dependencies.check())
 
-    def ensureDependencies(self, askConfirmation: bool = True, reinstall: bool = False) -> bool:
-        """Install torch (via the PyTorch extension when present) and nnU-Net after one confirmation."""
+    def requireDependencies(self) -> None:
+        """Raise a RuntimeError naming what to install when the engine's packages are missing (console runs)."""
         from totalseg_slicer import dependencies
+
+        missing = dependencies.missing(dependencies.check())
+        if missing:
+            raise RuntimeError(dependencies.missing_message(missing))
+
+    def ensureDependencies(self, askConfirmation: bool = True, reinstall: bool = False) -> bool:
+        """Install what is missing (torch through the PyTorch extension when present) after one confirmation.
+
+        Returns False when the user declines; raises when an install fails, naming the package and what to do.
+        """
+        from totalseg_slicer import dependencies, dependency_install
 
         statuses = dependencies.check()
-        todo = dependencies.missing(statuses)
-        if not todo and not reinstall:
+        plan = dependency_install.plan_install(statuses, reinstall=reinstall)
+        if plan.empty:
             return True
-        names = ", ".join(s.requirement.name for s in todo) or "the engine's packages"
+        names = ", ".join(s.requirement.name for s in dependencies.missing(statuses)) or "nnunetv2 (repair)"
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                f"TotalSegmentator needs {names} in Slicer's Python (several GB with torch). Install now?"):
+                f"TotalSegmentator needs {names} in Slicer's Python (several GB with torch). Install now?",
+                detailedText=plan.describe()):
             return False
         with slicer.util.WaitCursor():
-            self._installTorch(statuses)
-            self._installRest(dependencies.check(), reinstall)
-        return not dependencies.missing(dependencies.check())
+            dependencies.install(statuses, slicer.util, _slicerPackaging(), reinstall=reinstall)
+        from totalseg_slicer import devices
 
-    def _installTorch(self, statuses) -> None:
-        torchStatus = next(s for s in statuses if s.requirement.name == "torch")
-        if torchStatus.ok:
-            return
-        try:
-            import PyTorchUtils
+        devices.query_devices.cache_clear()
+        self.requireDependencies()
+        return True
 
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError("PyTorch installation was not completed.")
-        except ImportError:
-            slicer.util.pip_install("torch")
 
-    def _installRest(self, statuses, reinstall: bool) -> None:
-        import tempfile
+def _slicerPackaging():
+    """``slicer.packaging`` on Slicer 5.12 and later, None before."""
+    try:
+        import slicer.packaging
 
-        from totalseg_slicer import dependencies
-
-        with tempfile.TemporaryDirectory() as folder:
-            constraints = Path(folder) / "constraints.txt"
-            constraints.write_text(dependencies.constraints_text())
-            args = dependencies.pip_arguments(statuses, constraints)
-            if reinstall and not args:
-                args = ["install", "--force-reinstall", "--no-deps", "nnunetv2", "-c", str(constraints)]
-            if args:
-                slicer.util.pip_install(args)
+        return slicer.packaging
+    except ImportError:
+        return None
 
 
 #
@@ -736,10 +773,16 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
         self.test_FastTotalOnSampleCT()
 
     def test_FastTotalOnSampleCT(self) -> None:
+        self.delayDisplay("Starting the TotalSegmentator test")
+        from totalseg_slicer import dependencies
+
+        missing = dependencies.missing(dependencies.check())
+        if missing:
+            self.delayDisplay(f"Skipped: {dependencies.missing_message(missing)}")
+            return
         from totalseg_engine import weights
         from totalseg_engine.tasks import get_task
 
-        self.delayDisplay("Starting the TotalSegmentator test")
         task = get_task("total")
         if weights.missing_models(task.mode("fast").models):
             self.delayDisplay("Skipped: the weights of 'total --fast' are not installed "

@@ -133,8 +133,8 @@ class ModelRunner:
         first = checkpoints[0]
         configuration = configuration or first["init_args"]["configuration"]
         read_model_plans(self.model_dir, configuration)  # a file nnU-Net would fail on is named, with the key
-        plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text()))
-        dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
+        plans_manager = PlansManager(json.loads((self.model_dir / "plans.json").read_text(encoding="utf-8")))
+        dataset_json = json.loads((self.model_dir / "dataset.json").read_text(encoding="utf-8"))
         with warnings.catch_warnings():  # most released plans are in the old format: nnU-Net converts them
             warnings.filterwarnings("ignore", message=OLD_PLANS_WARNING, category=UserWarning)
             config_manager = plans_manager.get_configuration(configuration)

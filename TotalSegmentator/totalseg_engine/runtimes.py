@@ -201,7 +201,7 @@ def onnx_export(model_dir: Path, fold: int, plans: ModelPlans) -> Path:
         return target
     _export(load_network(model_dir, fold, plans), plans, target)
     with atomic_output(note, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(source, indent=1))
+        temporary.write_text(json.dumps(source, indent=1), encoding="utf-8")
     return target
 
 
@@ -213,7 +213,7 @@ def _fingerprint(checkpoint: Path, plans: ModelPlans) -> dict:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

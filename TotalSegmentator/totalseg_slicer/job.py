@@ -171,9 +171,11 @@ class SegmentationJob(_Job):
 
     def _finish(self, state: runner.State) -> None:
         if state is runner.State.SUCCEEDED:
+            given = self.segmentation_node
             try:
                 self._import_result()
             except Exception as err:  # the import failed: the node is unchanged (all-or-nothing import)
+                self._discard_created_node(given)
                 self._set_final("failed", f"Loading the result failed: {err}")
                 return
             self._set_final("succeeded", "")
@@ -181,6 +183,13 @@ class SegmentationJob(_Job):
             self._set_final("cancelled", "Cancelled.")
         else:
             self._set_final("failed", self._process.error_summary())
+
+    def _discard_created_node(self, given) -> None:
+        """Remove an output node this job created for a result that could not be loaded."""
+        if given is None and self.segmentation_node is not None:
+            if self.segmentation_node.GetScene() is self.scene:
+                self.scene.RemoveNode(self.segmentation_node)
+            self.segmentation_node = None
 
     def _set_final(self, state: str, message: str) -> None:
         self.state_name = state
@@ -199,7 +208,7 @@ class SegmentationJob(_Job):
 
     def _load_statistics(self) -> None:
         path = self._folder / "statistics.json"
-        stats = json.loads(path.read_text())
+        stats = json.loads(path.read_text(encoding="utf-8"))
         names = {name: segment_info_function(self.request.use_standard_names)(0, name)[0] for name in stats}
         self.table_node = statistics_table.statistics_to_table(self.scene, stats, self.table_node, names)
 

@@ -49,6 +49,9 @@ BINARY_LABELMAP = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentatio
 CLASS_TAG = "TotalSegmentator.Class"
 TASK_TAG = "TotalSegmentator.Task"
 TERMINOLOGY_TAG = slicer.vtkSegment.GetTerminologyEntryTagName()
+# Read by Slicer's DICOM SEG export (DICOMSegmentationPlugin.py): without them every segment is exported as MANUAL.
+ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
+ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
 
 GRID_TOLERANCE_MM = 1e-3
 """How far (mm) the labels' grid may lie from the volume's: above NIfTI's float32 rounding, far below a voxel."""
@@ -182,6 +185,8 @@ def _new_segment(label: int, name: str, task: str, info: Optional[SegmentInfoFn]
     segment.AddRepresentation(BINARY_LABELMAP, labelmap)
     segment.SetTag(CLASS_TAG, name)
     segment.SetTag(TASK_TAG, task)
+    segment.SetTag(ALGORITHM_TYPE_TAG, "AUTOMATIC")
+    segment.SetTag(ALGORITHM_NAME_TAG, "TotalSegmentator")
     if terminology:
         segment.SetTag(TERMINOLOGY_TAG, terminology)
     return segment
