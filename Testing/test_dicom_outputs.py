@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import api, cli, dicom_output, imageio, paths, pipeline, terminology
+from totalseg_engine import api, cli, cli_options, dicom_output, imageio, paths, pipeline, terminology
 from totalseg_engine.errors import InvalidOptionError, OutputExistsError, TotalSegmentatorError
 
 pydicom = pytest.importorskip("pydicom")
@@ -242,7 +242,7 @@ def test_an_empty_segmentation_is_refused_not_written_invalid(tmp_path, series, 
 
 
 def test_command_line_offers_the_output_types_of_the_api():
-    assert cli.OUTPUT_TYPES == api.OUTPUT_TYPES
+    assert cli_options.OUTPUT_TYPES == api.OUTPUT_TYPES
 
 
 @pytest.fixture

@@ -121,3 +121,43 @@ def test_self_test_skips_with_a_message_without_packages_or_weights(module, monk
     assert shown[-1].startswith("Skipped:") and "torch" in shown[-1]
     test.test_FastTotalOnSampleCT()
     assert shown[-1].startswith("Skipped: the weights")
+
+
+def test_existing_extension_calls_run_unchanged(module, mrml, data_dir, tmp_path):
+    """``process(inputVolume, outputSegmentation, quality, cpu, task, subset)`` positionally; attributes honoured."""
+    write_task_models(paths.weights_dir(), "total", "fast", QUICK, seed=5)
+    write_task_models(paths.weights_dir(), "total", "fastest", QUICK, seed=5)  # crops a ROI subset
+    volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
+    logic = module.TotalSegmentatorLogic()
+    lines = []
+    logic.logCallback = lines.append
+    logic.useStandardSegmentNames = False
+    # quality=True is fast (only the fast and fastest weights are installed), cpu=True, task None is total
+    node = logic.process(volume, None, True, True, None, ["liver", "spleen"])
+    assert classes_of(node) <= {"liver", "spleen"}
+    assert lines  # the engine's log reached logCallback
+    whole = logic.process(volume, None, "fast", True)
+    segmentation = whole.GetSegmentation()
+    assert len(classes_of(whole)) > 5
+    assert all(segmentation.GetSegment(i).GetName() == i for i in segmentation.GetSegmentIDs())  # class names
+    again = logic.process(volume, whole, quality="fast", cpu=True, task="total", interactive=True)
+    assert again is whole and classes_of(whole) == {i for i in segmentation.GetSegmentIDs()}
+    with pytest.raises(ValueError, match="quality 'quick'"):
+        logic.process(volume, node, "quick")
+
+
+def test_existing_extension_helpers(module, monkeypatch, tmp_path):
+    logic = module.TotalSegmentatorLogic()
+    assert logic.getSupportedQualityModesForTask("total") == ["normal", "fast", "faster"]
+    assert logic.isLicenseRequiredForTask("heartchambers_highres") and not logic.isLicenseRequiredForTask("total")
+    assert logic.isMultiLabelSupportedForTask("body") and not logic.isMultiLabelSupportedForTask("no_such_task")
+    assert logic.tasks["total"]["title"] == "total"
+    logic.totalSegmentatorWeightsPath = str(tmp_path / "weights")
+    with monkeypatch.context() as without_packages:
+        without_packages.setattr(dependencies, "installed_version", lambda name, lookup=None: None)
+        with pytest.raises(RuntimeError, match="torch"):
+            logic.process(None, None)  # packages missing: said before anything else
+    called = []
+    monkeypatch.setattr(logic, "ensureDependencies", lambda askConfirmation, reinstall: called.append(
+        (askConfirmation, reinstall)) or True)
+    assert logic.setupPythonRequirements(upgrade=True) and called == [(False, True)]

@@ -427,3 +427,24 @@ def test_install_button_runs_pip_once_with_constraints(slicer_app, panel, monkey
     assert "nibabel>=5.0" in arguments and arguments[-2] == "-c"
     assert not [a for a in arguments if a.split(">")[0].split("=")[0] in ("numpy", "SimpleITK", "vtk", "requests")]
     assert panel.ui.dependenciesStatusLabel.text == "all installed"
+
+
+def test_a_scene_saved_with_the_existing_extension_opens_with_its_values(slicer_app, data_dir):
+    volume = ct(slicer_app, data_dir)
+    legacy = slicer.vtkMRMLScriptedModuleNode()  # what the existing extension's logic saved in the scene
+    legacy.SetSingletonTag("TotalSegmentator")
+    legacy.SetAttribute("ModuleName", "TotalSegmentator")
+    for name, value in (("Task", "total_mr"), ("Quality", "fast"), ("CPU", "true"),
+                        ("UseStandardSegmentNames", "false"), ("RemoveSmallBlobs", "true")):
+        legacy.SetParameter(name, value)
+    legacy.SetNodeReferenceID("InputVolume", volume.GetID())
+    slicer_app.scene.AddNode(legacy)
+    widget, module_panel = open_panel(slicer_app.module)
+    try:
+        ui = widget.ui
+        assert ui.taskComboBox.currentData == "total_mr" and ui.speedFastRadioButton.checked
+        assert ui.deviceComboBox.currentData == "cpu" and ui.inputVolumeSelector.currentNode() is volume
+        assert not ui.useStandardSegmentNamesCheckBox.checked and ui.removeSmallBlobsCheckBox.checked
+    finally:
+        module_panel.exit()
+        widget.cleanup()

@@ -381,6 +381,21 @@ def test_rerun_replaces_only_the_segments_of_that_task(mrml, small_case):
     assert si.segments_to_replace(case.node, "total", ["stomach"]) == []
 
 
+def test_rerun_into_a_node_of_the_existing_extension_replaces_its_segments(mrml, small_case):
+    """The existing extension named segments by Slicer's terminology and used the class name as ID, untagged."""
+    case = small_case
+    for label, class_name in case.label_map.items():  # as its readSegmentation left them
+        segment_id = add_user_segment(case.node, class_name, case.labels == label, case.volume)
+        assert segment_id == class_name
+        case.node.GetSegmentation().GetSegment(segment_id).SetName(class_name.capitalize())
+    painted = add_user_segment(case.node, "Segment_1", case.labels == 1, case.volume)
+    assert si.segments_to_replace(case.node, "total", case.label_map.values()) == list(case.label_map.values())
+    ids = si.import_segmentation(mrml.scene, case.labels, case.node, case.volume, case.label_map, "total", segment_info)
+    segmentation = case.node.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == [*ids, painted]  # no "liver_1" beside "liver"
+    assert all(si.segment_tag(segmentation.GetSegment(i), si.CLASS_TAG) == i for i in ids)
+
+
 def test_renamed_task_segment_is_still_replaced_and_no_replace_keeps_all(mrml, small_case):
     case = small_case
     si.import_segmentation(mrml.scene, case.labels, case.node, case.volume, case.label_map, "total")

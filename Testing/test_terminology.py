@@ -11,6 +11,7 @@ colours and terminology in slicerio and in Slicer's storage node.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sys
 from functools import lru_cache
@@ -183,9 +184,9 @@ def test_display_names_and_codes_are_unique_within_a_task(task):
 
 def test_examples_from_the_issue():
     t7 = terminology.entry("vertebrae_T7")
-    assert (t7.display_name, t7.type) == ("Vertebra T7", Code("SCT", "62487009", "T7 vertebra"))
+    assert (t7.display_name, t7.type) == ("T7 vertebra", Code("SCT", "62487009", "T7 vertebra"))  # Slicer's name
     lobe = terminology.entry("lung_upper_lobe_left")
-    assert lobe.display_name == "Left upper lobe of lung"
+    assert lobe.display_name == "superior lobe of left lung"
     assert (lobe.type.value, lobe.type_modifier.meaning) == ("45653009", "Left")
     assert lobe.ta2_name == "superior lobe of left lung"
     assert terminology.entry("adrenal_gland_right").ta2_name == "suprarenal gland"
@@ -246,22 +247,27 @@ def _code(obj) -> Code:
     return Code(obj.GetCodingSchemeDesignator() or "", obj.GetCodeValue() or "", obj.GetCodeMeaning() or "")
 
 
+def category_types(slicer, logic, context: str):
+    """Every (category, type) of a loaded terminology context, as slicer-core's logic parsed it."""
+    for i in range(logic.GetNumberOfCategoriesInTerminology(context)):
+        category = slicer.vtkSlicerTerminologyCategory()
+        logic.GetNthCategoryInTerminology(context, i, category)
+        for j in range(logic.GetNumberOfTypesInTerminologyCategory(context, category)):
+            type_ = slicer.vtkSlicerTerminologyType()
+            logic.GetNthTypeInTerminologyCategory(context, category, j, type_)
+            yield category, type_
+
+
 def loaded_context(slicer, logic) -> dict[tuple[Code, Code, Code | None], tuple]:
     """(category, type, modifier) -> (Slicer label, recommended colour) as the logic parsed the shipped file."""
     found = {}
-    for i in range(logic.GetNumberOfCategoriesInTerminology(CONTEXT_NAME)):
-        category = slicer.vtkSlicerTerminologyCategory()
-        logic.GetNthCategoryInTerminology(CONTEXT_NAME, i, category)
-        for j in range(logic.GetNumberOfTypesInTerminologyCategory(CONTEXT_NAME, category)):
-            type_ = slicer.vtkSlicerTerminologyType()
-            logic.GetNthTypeInTerminologyCategory(CONTEXT_NAME, category, j, type_)
-            found[(_code(category), _code(type_), None)] = (
-                type_.GetSlicerLabel(), type_.GetRecommendedDisplayRGBValue())
-            for k in range(logic.GetNumberOfTypeModifiersInTerminologyType(CONTEXT_NAME, category, type_)):
-                modifier = slicer.vtkSlicerTerminologyType()
-                logic.GetNthTypeModifierInTerminologyType(CONTEXT_NAME, category, type_, k, modifier)
-                found[(_code(category), _code(type_), _code(modifier))] = (
-                    modifier.GetSlicerLabel(), modifier.GetRecommendedDisplayRGBValue())
+    for category, type_ in category_types(slicer, logic, CONTEXT_NAME):
+        found[(_code(category), _code(type_), None)] = (type_.GetSlicerLabel(), type_.GetRecommendedDisplayRGBValue())
+        for k in range(logic.GetNumberOfTypeModifiersInTerminologyType(CONTEXT_NAME, category, type_)):
+            modifier = slicer.vtkSlicerTerminologyType()
+            logic.GetNthTypeModifierInTerminologyType(CONTEXT_NAME, category, type_, k, modifier)
+            found[(_code(category), _code(type_), _code(modifier))] = (
+                modifier.GetSlicerLabel(), modifier.GetRecommendedDisplayRGBValue())
     return found
 
 
@@ -287,9 +293,154 @@ def test_every_entry_string_round_trips_and_resolves_in_the_loaded_context(slice
 
 def test_segment_info_gives_name_colour_and_tag():
     name, color, tag = terminology.segment_info("vertebrae_T7")
-    assert name == "Vertebra T7" and tag.startswith(CONTEXT_NAME + "~SCT^123037004^")
+    assert name == "T7 vertebra" and tag.startswith(CONTEXT_NAME + "~SCT^123037004^")
     assert color == tuple(c / 255 for c in terminology.entry("vertebrae_T7").color)
     assert terminology.segment_info("vertebrae_T7", use_standard_names=False)[0] == "vertebrae_T7"
+
+
+# --------------------------------------------------------------------------------------------------
+# Display names: Slicer's wording where the existing Slicer extension names the class (issue #13)
+# --------------------------------------------------------------------------------------------------
+
+EXTENSION_REFERENCE = REFERENCE / "slicer-extension-terminology"
+EXTENSION_CONTEXT = "Segmentation category and type - Total Segmentator"
+DICOM_MASTER = "Segmentation category and type - DICOM master list"
+DICOM_MASTER_ENV = "SLICER_DICOM_MASTER_TERM_JSON"  # Slicer's SegmentationCategoryTypeModifier-DICOM-Master
+
+
+@pytest.fixture(scope="module")
+def generator():
+    if not EXTENSION_REFERENCE.is_dir():
+        pytest.skip(f"source folder {EXTENSION_REFERENCE} is missing")
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_terminology
+
+    return build_terminology
+
+
+def excerpt_as_context_file(generator, folder: Path) -> Path:
+    """The generator's excerpt of Slicer's DICOM master list, written as a context file."""
+    import json
+
+    categories: dict[str, dict] = {}
+    for (category, type_), (meaning, label, modifiers) in generator.DICOM_MASTER_TYPES.items():
+        scheme, value = category.split("^")
+        entry = categories.setdefault(category, {"CodingSchemeDesignator": scheme, "CodeValue": value,
+                                                 "CodeMeaning": value, "Type": []})
+        scheme, value = type_.split("^")
+        item = {"CodingSchemeDesignator": scheme, "CodeValue": value, "CodeMeaning": meaning}
+        item.update({"3dSlicerLabel": label} if label else {})
+        item.update({"Modifier": [{"CodingSchemeDesignator": m.split("^")[0], "CodeValue": m.split("^")[1],
+                                   "CodeMeaning": m_meaning, **({"3dSlicerLabel": m_label} if m_label else {})}
+                                  for m, (m_meaning, m_label) in modifiers.items()]} if modifiers else {})
+        entry["Type"].append(item)
+    path = folder / "DICOM-Master-excerpt.term.json"
+    schema = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#"
+    path.write_text(json.dumps({"SegmentationCategoryTypeContextName": DICOM_MASTER, "@schema": schema,
+                                "SegmentationCodes": {"Category": list(categories.values())}}), encoding="utf-8")
+    return path
+
+
+def extension_segment_names(slicer, dicom_master: Path) -> dict[str, str | None]:
+    """Class -> segment name the existing Slicer extension shows (None: no label, it keeps the class name).
+
+    Its ``loadTotalSegmentatorLabelTerminology`` (entry string from the mapping CSV; its own context where that
+    lists the type, else the DICOM master list) and ``getSegmentLabelColor``, run on slicer-core's logic.
+    """
+    import csv
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    own = EXTENSION_REFERENCE / "SegmentationCategoryTypeModifier-TotalSegmentator.term.json"
+    assert logic.LoadTerminologyFromFile(str(own)) == EXTENSION_CONTEXT
+    assert logic.LoadTerminologyFromFile(str(dicom_master)) == DICOM_MASTER
+    own_types = {f"{type_.GetCodingSchemeDesignator()}^{type_.GetCodeValue()}"
+                 for _, type_ in category_types(slicer, logic, EXTENSION_CONTEXT)}
+
+    def label(type_, modifier=None) -> str:
+        type_label = type_.GetSlicerLabel() or type_.GetCodeMeaning()
+        if modifier is None:
+            return type_label
+        return modifier.GetSlicerLabel() or f"{type_label} {modifier.GetCodeMeaning()}"
+
+    def segment_name(text: str) -> str | None:
+        wanted = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(text, wanted), text
+        context, category, type_ = (wanted.GetTerminologyContextName(), wanted.GetCategoryObject(),
+                                    wanted.GetTypeObject())
+        found = slicer.vtkSlicerTerminologyEntry()
+        for i in range(logic.GetNumberOfTypesInTerminologyCategory(context, category)):
+            logic.GetNthTypeInTerminologyCategory(context, category, i, found.GetTypeObject())
+            if (_code(found.GetTypeObject()).scheme, _code(found.GetTypeObject()).value) != (
+                    _code(type_).scheme, _code(type_).value):
+                continue
+            modifier = wanted.GetTypeModifierObject()
+            if not (modifier and modifier.GetCodeValue()):
+                return label(found.GetTypeObject())
+            for k in range(logic.GetNumberOfTypeModifiersInTerminologyType(context, category, type_)):
+                logic.GetNthTypeModifierInTerminologyType(context, category, type_, k, found.GetTypeModifierObject())
+                if (_code(found.GetTypeModifierObject()).scheme, _code(found.GetTypeModifierObject()).value) == (
+                        _code(modifier).scheme, _code(modifier).value):
+                    return label(found.GetTypeObject(), found.GetTypeModifierObject())
+        return None  # the extension raises, logs it and keeps the class name
+
+    names = {}
+    with open(EXTENSION_REFERENCE / "slicer_totalsegmentator_snomed_mapping.csv", newline="") as stream:
+        for row in csv.DictReader(stream):
+            codes = ["^".join(row.get(f"{field}_{part}") or "" for part in ("CodingScheme", "CodeValue", "CodeMeaning"))
+                     for field in ("Category", "Type", "TypeModifier", "Region", "RegionModifier")]
+            type_key = f"{row['Type_CodingScheme']}^{row['Type_CodeValue']}"
+            context = EXTENSION_CONTEXT if type_key in own_types else DICOM_MASTER
+            text = (f"{context}~{codes[0]}~{codes[1]}~{codes[2]}~Anatomic codes - DICOM master list"
+                    f"~{codes[3]}~{codes[4]}|")
+            names[row["Name"]] = segment_name(text)
+    return names
+
+
+@pytest.mark.parametrize("source", ["excerpt", "slicer"])
+def test_display_name_is_the_slicer_extensions_segment_name(generator, tmp_path, source):
+    """Every class the extension names gets that name exactly, unless it would repeat a name within a task."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    if not hasattr(slicer, "vtkSlicerTerminologiesModuleLogic"):
+        pytest.skip("the installed 'slicer' package has no terminology logic (install slicer-core)")
+    if source == "excerpt":
+        dicom_master = excerpt_as_context_file(generator, tmp_path)
+    elif os.environ.get(DICOM_MASTER_ENV):
+        dicom_master = Path(os.environ[DICOM_MASTER_ENV])  # Slicer's own file: checks the excerpt too
+    else:
+        pytest.skip(f"set {DICOM_MASTER_ENV} to Slicer's SegmentationCategoryTypeModifier-DICOM-Master.term.json")
+    shown = extension_segment_names(slicer, dicom_master)
+    ours = set(all_class_names())
+    named = {name: label for name, label in shown.items() if name in ours and label}
+    assert len(named) > 280
+    assert named == {name: label for name, label in generator.slicer_names().items() if name in ours}
+    kept = {}
+    for name, label in named.items():
+        if terminology.entry(name).display_name == label:
+            continue
+        kept[name] = label
+        rivals = {other for task in tasks().values() if name in task.class_names
+                  for other in task.class_names if other != name
+                  and label in (named.get(other), terminology.entry(other).display_name)}
+        assert rivals, f"{name}: '{terminology.entry(name).display_name}' but Slicer shows '{label}'"
+    assert len(kept) < 80  # teeth, pulps, canals, parotid glands, kidney cysts
+    assert {name: label for name, label in named.items() if name.startswith("vertebrae_T")} == {
+        f"vertebrae_T{i}": f"T{i} vertebra" for i in range(1, 13)}
+    assert terminology.entry("kidney_left").display_name == "left kidney"
+    assert terminology.entry("submandibular_gland_right").display_name == "Submandibular gland Right"  # as shown
+
+
+def test_classes_the_extension_does_not_name_keep_our_names(generator):
+    sources = [generator.read_source(path) for path in generator.SOURCES]
+    named = generator.slicer_names()
+    for name in all_class_names():
+        if name not in named:
+            expected = generator.display_name(name, generator.class_codes(name, sources))
+            assert terminology.entry(name).display_name == expected, name
+    examples = {"vertebrae_L6": "Vertebra L6", "liver_segment_4": "Liver segment IV", "celiac_trunk": "Celiac trunk",
+                "ventricle_temporal_horn_left": "Left temporal horn of lateral ventricle",  # not in DICOM master
+                "lower_left_canine_fdi33": "Lower left canine (FDI 33)",  # Slicer: "left canine tooth", twice
+                "kidney_cyst_left": "Left kidney cyst", "brainstem": "Brainstem"}
+    assert {name: terminology.entry(name).display_name for name in examples} == examples
 
 
 # --------------------------------------------------------------------------------------------------

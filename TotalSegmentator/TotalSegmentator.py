@@ -506,21 +506,38 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         self._lastJob = None
         self._timer = None
         self._callbacks: dict[str, Callable] = {}
+        # The existing extension's attributes, read by console runs (the panel has its own parameters).
+        self.useStandardSegmentNames = True
+        self.robustCrop = False
+        self.removeSmallBlobs = False
+        self.higherOrderResampling = False
+        self.totalSegmentatorWeightsPath: Optional[str] = None
+        self.logCallback: Optional[Callable[[str], None]] = None
         if self.weightsFolder():  # the panel's choice applies to console runs too
             self.setWeightsFolder(self.weightsFolder())
 
     def getParameterNode(self) -> TotalSegmentatorParameterNode:
-        return TotalSegmentatorParameterNode(super().getParameterNode())
+        from totalseg_slicer import legacy_api
+
+        node = super().getParameterNode()
+        legacy_api.migrate_parameter_node(node)  # a scene saved with the existing extension
+        return TotalSegmentatorParameterNode(node)
 
     # ---------------------------------------------------------------- console API
 
-    def process(self, inputVolume, outputSegmentation=None, task: str = "total", fast: bool = False,
-                fastest: bool = False, roiSubset=None, device: str = "auto", **options):
+    def process(self, inputVolume, outputSegmentation=None, quality=None, cpu: bool = False, task=None,
+                subset=None, interactive: bool = False, sequenceBrowserNode=None, **options):
         """Segment ``inputVolume`` into ``outputSegmentation`` (created if None) and return the node.
 
+        The positional order is the existing extension's: ``quality`` "normal" / "fast" / "faster" or a bool,
+        ``cpu``, ``task`` (None: total), ``subset`` (ROI subset), ``interactive`` (accepted),
+        ``sequenceBrowserNode`` (given: every frame of the volume's sequence). Keyword-only, ours: ``fast``,
+        ``fastest``, ``roiSubset``, ``device`` and the job options (``statistics``, ``robust_crop``, ...).
         Blocks (processing Qt events so the application stays alive). Raises RuntimeError on failure.
         """
-        job = self._makeJob(inputVolume, outputSegmentation, task, fast, fastest, roiSubset, device, options)
+        job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
+                            options)
+        job.on_log = self._log
         job.start()
         while not job.poll():
             slicer.app.processEvents(qt.QEventLoop.AllEvents, POLL_INTERVAL_MS)
@@ -529,22 +546,36 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(job.error_message or f"segmentation {job.state_name}")
         return job.segmentation_node
 
-    def processAsync(self, inputVolume, outputSegmentation=None, task: str = "total", fast: bool = False,
-                     fastest: bool = False, roiSubset=None, device: str = "auto", onProgress=None, onLog=None,
-                     onFinished=None, **options):
+    def processAsync(self, inputVolume, outputSegmentation=None, quality=None, cpu: bool = False, task=None,
+                     subset=None, interactive: bool = False, sequenceBrowserNode=None, onProgress=None,
+                     onLog=None, onFinished=None, **options):
         """Start a segmentation and return at once; callbacks run in the GUI thread; ``cancel()`` stops it."""
-        job = self._makeJob(inputVolume, outputSegmentation, task, fast, fastest, roiSubset, device, options)
-        self._run(job, onProgress, onLog, onFinished)
+        job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
+                            options)
+        self._run(job, onProgress, onLog or self._log, onFinished)
         return job
 
-    def _makeJob(self, inputVolume, outputSegmentation, task, fast, fastest, roiSubset, device, options):
+    def _makeJob(self, inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode, options):
         self.requireDependencies()
-        from totalseg_slicer.job import JobRequest, SegmentationJob
+        from totalseg_slicer import legacy_api
+        from totalseg_slicer.job import JobRequest, SegmentationJob, SequenceJob
 
-        speed = "fastest" if fastest else ("fast" if fast else "normal")
-        request = JobRequest(task=task, speed=speed, roi_subset=list(roiSubset or []), device=device, **options)
-        return SegmentationJob(slicer.mrmlScene, inputVolume, outputSegmentation, request,
-                               temp_root=self.temporaryFolder())
+        speed = legacy_api.speed_of(quality, options.pop("fast", None), options.pop("fastest", False))
+        roi = options.pop("roiSubset", None) or subset
+        device = options.pop("device", None) or ("cpu" if cpu else "auto")
+        defaults = {"use_standard_names": self.useStandardSegmentNames, "robust_crop": self.robustCrop,
+                    "remove_small_blobs": self.removeSmallBlobs,
+                    "higher_order_resampling": self.higherOrderResampling}
+        if self.totalSegmentatorWeightsPath:
+            self.setWeightsFolder(self.totalSegmentatorWeightsPath)
+        request = JobRequest(task=task or "total", speed=speed, roi_subset=list(roi or []), device=device,
+                             **{**defaults, **options})
+        jobClass = SequenceJob if sequenceBrowserNode is not None else SegmentationJob
+        return jobClass(slicer.mrmlScene, inputVolume, outputSegmentation, request, temp_root=self.temporaryFolder())
+
+    def _log(self, line: str) -> None:
+        if self.logCallback:
+            self.logCallback(line)
 
     @staticmethod
     def temporaryFolder() -> Path:
@@ -706,6 +737,33 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def needsLicense(message: str) -> bool:
         return "licen" in message.lower() and "key" in message.lower()
+
+    # ---------------------------------------------------------------- the existing extension's helpers
+
+    @property
+    def tasks(self):
+        """Task metadata as the existing extension's ``logic.tasks`` (title, modalities, qualityModes, ...)."""
+        from totalseg_slicer import legacy_api
+
+        return legacy_api.task_table()
+
+    def getSupportedQualityModesForTask(self, task: str) -> list[str]:
+        from totalseg_slicer import legacy_api
+
+        return legacy_api.quality_modes(task)
+
+    def isMultiLabelSupportedForTask(self, task: str) -> bool:
+        return task in self.tasks
+
+    def isLicenseRequiredForTask(self, task: str) -> bool:
+        return bool(self.tasks.get(task, {}).get("requiresLicense"))
+
+    def setLicense(self, licenseStr: str) -> None:
+        self.setLicenseKey(licenseStr)
+
+    def setupPythonRequirements(self, upgrade: bool = False) -> bool:
+        """Install the engine's packages without asking (the existing extension's console entry point)."""
+        return self.ensureDependencies(askConfirmation=False, reinstall=upgrade)
 
     # ---------------------------------------------------------------- dependencies
 

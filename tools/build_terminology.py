@@ -11,8 +11,15 @@ Sources (beside the checkout, in ``../shared/reference``):
 
 Where the sources are wrong, missing or ambiguous the hand tables below decide; every decision is listed with
 its reason in ``totalseg_engine/data/TERMINOLOGY.md``. Codes were checked against DICOM PS3.16 context groups
-and Slicer's DICOM master lists. Display names, TA2 names and colours are hand tables too; colours start from
-Slicer's GenericAnatomy colours and are spread where structures touch (rule in ``terminology.py``).
+and Slicer's DICOM master lists. TA2 names and colours are hand tables too; colours start from Slicer's
+GenericAnatomy colours and are spread where structures touch (rule in ``terminology.py``).
+
+Display names (issue #13): segment IDs stay the class names; the display name is the name the existing Slicer
+extension (lassoan/SlicerTotalSegmentator) shows for the class with "use standard segment names", exactly as it
+shows it (case included: "T7 vertebra", "left kidney", "Submandibular gland Right"), wherever its mapping has
+the class and its terminology gives it a label (``slicer_names``: its context file beside its mapping, else
+Slicer's DICOM master list, ``DICOM_MASTER_TYPES``). Otherwise, and where Slicer's name would be shared by two
+classes of one task (teeth, pulps, parotid glands, kidney cysts), our own name (``display_name``).
 """
 
 from __future__ import annotations
@@ -303,6 +310,202 @@ def display_name(name: str, entry: Codes) -> str:
     return f"{side} {text[:1].lower()}{text[1:]}" if side else text
 
 
+# --------------------------------------------------------------------------------------------------
+# Slicer's wording: the segment names the existing Slicer extension gives its classes
+# --------------------------------------------------------------------------------------------------
+
+SLICER_MAPPING = SOURCES[1]
+SLICER_CONTEXT = SLICER_MAPPING.parent / "SegmentationCategoryTypeModifier-TotalSegmentator.term.json"
+SLICER_CONTEXT_NAME = "Segmentation category and type - Total Segmentator"
+DICOM_MASTER_NAME = "Segmentation category and type - DICOM master list"
+DICOM_MASTER_COMMIT = "583e9b37d50ead7daf7b783dce465ccaecec8809"
+"""Slicer commit the ``DICOM_MASTER_TYPES`` excerpt was taken from (the file is unchanged since 2020)."""
+
+# The entries of Slicer's built-in "DICOM master list" context (Slicer/Slicer
+# Modules/Loadable/Terminologies/Resources/SegmentationCategoryTypeModifier-DICOM-Master.json) that the
+# extension's mapping refers to: (category, type) -> (CodeMeaning, 3dSlicerLabel, {modifier: (CodeMeaning,
+# 3dSlicerLabel)}), codes as "scheme^value". Slicer ships the file; it is not in ../shared/reference.
+DICOM_MASTER_TYPES: dict[tuple[str, str], tuple[str, str, dict[str, tuple[str, str]]]] = {
+    ('SCT^123037004', 'SCT^1193009'): ('Teres major muscle', '', {}),
+    ('SCT^123037004', 'SCT^2748008'): ('Spinal cord', 'spinal cord', {}),
+    ('SCT^123037004', 'SCT^6423006'): ('Supraspinatus muscle', '', {}),
+    ('SCT^123037004', 'SCT^10200004'): ('Liver', 'liver', {}),
+    ('SCT^123037004', 'SCT^11000004'): ('Caudate nucleus', '', {}),
+    ('SCT^123037004', 'SCT^12123001'):
+        ('Internal jugular vein', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^12738006'): ('Brain', 'brain', {}),
+    ('SCT^123037004', 'SCT^13418002'): ('Left ventricle outflow tract', '', {}),
+    ('SCT^123037004', 'SCT^15776009'): ('Pancreas', 'pancreas', {}),
+    ('SCT^123037004', 'SCT^15825003'): ('Aorta', 'aorta', {}),
+    ('SCT^123037004', 'SCT^16630005'): ('Parietal lobe', '', {}),
+    ('SCT^123037004', 'SCT^18346003'):
+        ('Serratus anterior muscle', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^18686000'): ('Pectoralis minor muscle', '', {}),
+    ('SCT^123037004', 'SCT^21387005'): ('Hyoid bone', 'hyoid bone', {}),
+    ('SCT^123037004', 'SCT^21974007'): ('Tongue', 'tongue', {}),
+    ('SCT^123037004', 'SCT^22823000'):
+        ('Sternocleidomastoid muscle', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^23451007'):
+        ('Adrenal gland', '', {
+            'SCT^24028007': ('Right', 'right adrenal gland'),
+            'SCT^7771000': ('Left', 'left adrenal gland'),
+        }),
+    ('SCT^123037004', 'SCT^28231008'): ('Gallbladder', 'gallbladder', {}),
+    ('SCT^123037004', 'SCT^30315005'): ('Small Intestine', 'small bowel', {}),
+    ('SCT^123037004', 'SCT^31065004'): ('Occipital lobe', '', {}),
+    ('SCT^123037004', 'SCT^31764008'):
+        ('Trapezius muscle', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^32849002'): ('Esophagus', 'esophagus', {}),
+    ('SCT^123037004', 'SCT^35259002'): ('Deltoid muscle', '', {}),
+    ('SCT^123037004', 'SCT^35764002'): ('Brain ventricle', 'ventricles of brain', {}),
+    ('SCT^123037004', 'SCT^35918002'): ('Fourth ventricle', 'fourth ventricle', {}),
+    ('SCT^123037004', 'SCT^35951006'): ('Subarachnoid space', 'subarachnoid space', {}),
+    ('SCT^123037004', 'SCT^36169008'): ('Insula', '', {}),
+    ('SCT^123037004', 'SCT^38848004'): ('Duodenum', 'duodenum', {}),
+    ('SCT^123037004', 'SCT^39607008'):
+        ('Lung', '', {'SCT^7771000': ('Left', 'left lung'), 'SCT^24028007': ('Right', 'right lung')}),
+    ('SCT^123037004', 'SCT^41216001'): ('Prostate', 'prostate', {}),
+    ('SCT^123037004', 'SCT^44567001'): ('Trachea', 'trachea', {}),
+    ('SCT^123037004', 'SCT^45289007'): ('Parotid gland', '', {}),
+    ('SCT^123037004', 'SCT^45653009'):
+        ('Upper lobe of lung', '', {
+            'SCT^7771000': ('Left', 'superior lobe of left lung'),
+            'SCT^24028007': ('Right', 'superior lobe of right lung'),
+        }),
+    ('SCT^123037004', 'SCT^49460000'): ('Soft palate', 'soft palate', {}),
+    ('SCT^123037004', 'SCT^49841001'): ('Third ventricle', '', {}),
+    ('SCT^123037004', 'SCT^50755001'):
+        ('Scalenous anterior muscle', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^51282000'): ('Vertebra', '', {}),
+    ('SCT^123037004', 'SCT^51299004'):
+        ('Clavicle', '', {'SCT^7771000': ('Left', 'left clavicle'), 'SCT^24028007': ('Right', 'right clavicle')}),
+    ('SCT^123037004', 'SCT^53085002'): ('Right ventricle', 'right ventricle of heart', {}),
+    ('SCT^123037004', 'SCT^54019009'):
+        ('Submandibular gland', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^56873002'): ('Sternum', 'sternum', {}),
+    ('SCT^123037004', 'SCT^64033007'):
+        ('Kidney', '', {'SCT^24028007': ('Right', 'right kidney'), 'SCT^7771000': ('Left', 'left kidney')}),
+    ('SCT^123037004', 'SCT^64234005'): ('Patella', '', {}),
+    ('SCT^123037004', 'SCT^66019005'): ('Extremity', '', {}),
+    ('SCT^123037004', 'SCT^69695003'): ('Stomach', 'stomach', {}),
+    ('SCT^123037004', 'SCT^71854001'): ('Colon', 'colon', {}),
+    ('SCT^123037004', 'SCT^72481006'): ('Middle lobe of right lung', 'middle lobe of right lung', {}),
+    ('SCT^123037004', 'SCT^72573008'): ('Infraspinatus muscle', '', {}),
+    ('SCT^123037004', 'SCT^73829009'): ('Right atrium', 'right atrium', {}),
+    ('SCT^123037004', 'SCT^76752008'): ('Breast', '', {}),
+    ('SCT^123037004', 'SCT^78277001'): ('Temporal lobe', '', {}),
+    ('SCT^123037004', 'SCT^78961009'): ('Spleen', 'spleen', {}),
+    ('SCT^123037004', 'SCT^79652003'):
+        ('Eyeball', '', {'SCT^24028007': ('Right', 'right eyeball'), 'SCT^7771000': ('Left', 'left eyeball')}),
+    ('SCT^123037004', 'SCT^80891009'): ('Heart', 'heart', {}),
+    ('SCT^123037004', 'SCT^81502006'): ('Hypopharynx', '', {}),
+    ('SCT^123037004', 'SCT^82471001'): ('Left atrium', 'left atrium', {}),
+    ('SCT^123037004', 'SCT^83251001'): ('Frontal lobe', '', {}),
+    ('SCT^123037004', 'SCT^86117002'):
+        ('Internal carotid artery', '', {'SCT^24028007': ('Right', ''), 'SCT^7771000': ('Left', '')}),
+    ('SCT^123037004', 'SCT^87342007'): ('Fibula', '', {}),
+    ('SCT^123037004', 'SCT^87878005'): ('Left ventricle', 'left ventricle of heart', {}),
+    ('SCT^123037004', 'SCT^89545001'): ('Face', '', {}),
+    ('SCT^123037004', 'SCT^89546000'): ('Skull', 'skull', {}),
+    ('SCT^123037004', 'SCT^89837001'): ('Bladder', 'urinary bladder', {}),
+    ('SCT^123037004', 'SCT^90572001'):
+        ('Lower lobe of lung', '', {
+            'SCT^7771000': ('Left', 'inferior lobe of left lung'),
+            'SCT^24028007': ('Right', 'inferior lobe of right lung'),
+        }),
+    ('SCT^123037004', 'SCT^90588001'): ('Subscapularis muscle', '', {}),
+    ('SCT^123037004', 'SCT^113305005'): ('Cerebellum', '', {}),
+    ('SCT^123037004', 'SCT^360955006'): ('Nasopharynx', '', {}),
+    ('SCT^260787004', 'SCT^40388003'): ('Implant', '', {}),
+    ('SCT^49755003', 'SCT^50960005'): ('Hemorrhage', 'bleeding', {}),
+    ('SCT^49755003', 'SCT^367643001'): ('Cyst', 'cyst', {}),
+}
+
+ContextTypes = dict[tuple[str, str], tuple[str, str, dict[str, tuple[str, str]]]]
+
+
+def _key(scheme: str, value: str) -> str:
+    return f"{scheme}^{value}"
+
+
+def read_context(path: Path) -> ContextTypes:
+    """(category, type) -> (meaning, 3dSlicerLabel, modifiers) of a Slicer ``.term.json`` context file."""
+    import json
+
+    context = json.loads(path.read_text(encoding="utf-8"))
+    found: ContextTypes = {}
+    for category in context["SegmentationCodes"]["Category"]:
+        for type_ in category.get("Type", []):
+            modifiers = {_key(m["CodingSchemeDesignator"], m["CodeValue"]):
+                         (m["CodeMeaning"], m.get("3dSlicerLabel", "")) for m in type_.get("Modifier", [])}
+            key = (_key(category["CodingSchemeDesignator"], category["CodeValue"]),
+                   _key(type_["CodingSchemeDesignator"], type_["CodeValue"]))
+            found.setdefault(key, (type_["CodeMeaning"], type_.get("3dSlicerLabel", ""), modifiers))
+    return found
+
+
+def slicer_label(types: ContextTypes, category: str, type_: str, modifier: str) -> Optional[str]:
+    """The extension's ``getSegmentLabelColor``: the type's 3dSlicerLabel, else its CodeMeaning; with a type
+    modifier the modifier's 3dSlicerLabel, else "<type label> <modifier CodeMeaning>". None where the context
+    lacks the type (or the modifier): the extension then logs an error and leaves the class name."""
+    if (category, type_) not in types:
+        return None
+    meaning, label, modifiers = types[(category, type_)]
+    type_label = label or meaning
+    if not modifier:
+        return type_label
+    if modifier not in modifiers:
+        return None
+    modifier_meaning, modifier_label = modifiers[modifier]
+    return modifier_label or f"{type_label} {modifier_meaning}"
+
+
+def slicer_names() -> dict[str, str]:
+    """Class name -> the segment name the existing Slicer extension shows with "use standard segment names".
+
+    As ``loadTotalSegmentatorLabelTerminology``/``setTerminology`` there: each row of its mapping CSV gives
+    category, type and type modifier (region and region modifier are in the entry too but take no part in the
+    name); the entry is looked up in the extension's own context when that context lists the type (in any
+    category), else in Slicer's DICOM master list; then ``slicer_label``.
+    """
+    own = read_context(SLICER_CONTEXT)
+    own_types = {type_ for _, type_ in own}
+    names = {}
+    with open(SLICER_MAPPING, newline="", encoding="utf-8") as stream:
+        for row in csv.DictReader(stream):
+            category, type_, modifier = (
+                _key(row[f"{field}_CodingScheme"], row[f"{field}_CodeValue"]) if row[f"{field}_CodeValue"] else ""
+                for field in ("Category", "Type", "TypeModifier"))
+            types = own if type_ in own_types else DICOM_MASTER_TYPES
+            label = slicer_label(types, category, type_, modifier)
+            if row["Name"] and label:
+                names[row["Name"]] = label
+    return names
+
+
+def display_names(names: list[str], entries: dict[str, Codes]) -> dict[str, str]:
+    """The rule: Slicer's wording (``slicer_names``) where the extension gives the class one, else ours
+    (``display_name``); but a class keeps ours where Slicer's would give two classes of one task the same name
+    (Slicer names both sides of the parotid gland, both kidney cysts, the upper and lower "right canine tooth"
+    and all 32 tooth pulps alike), repeated until every task's names are unique."""
+    ours = {name: display_name(name, entries[name]) for name in names}
+    slicer = {name: label for name, label in slicer_names().items() if name in ours}
+    chosen = {**ours, **slicer}
+    members = [task.class_names for task in all_tasks().values()]
+    while True:
+        clashes = set()
+        for classes in members:
+            seen: dict[str, list[str]] = {}
+            for name in classes:
+                seen.setdefault(chosen[name], []).append(name)
+            clashes |= {name for group in seen.values() if len(group) > 1 for name in group if name in slicer}
+        if not clashes:
+            return chosen
+        for name in clashes:
+            chosen[name] = ours[name]
+            del slicer[name]
+
+
 # TA2 names of total and total_mr where they differ from the TotalSegmentator name (TotalSegmentator README).
 TA2_SEED = {
     "adrenal_gland": "suprarenal gland", "lung_upper_lobe_left": "superior lobe of left lung",
@@ -581,8 +784,8 @@ def _code_cells(code: Optional[Code]) -> list[str]:
     return [code.scheme, code.value, code.meaning] if code else ["", "", ""]
 
 
-def table_row(name: str, entry: Codes, seeded: set[str]) -> list[str]:
-    cells = [name, display_name(name, entry), ta2_name(name, entry, seeded)]
+def table_row(name: str, entry: Codes, seeded: set[str], shown: str) -> list[str]:
+    cells = [name, shown, ta2_name(name, entry, seeded)]
     for field in CODE_FIELDS:
         cells += _code_cells(entry[field])
     return cells + [str(channel) for channel in class_color(name, entry)]
@@ -596,8 +799,10 @@ def table_text() -> str:
     stream.write(HEADER.format(min_distance=terminology.MIN_COLOR_DISTANCE))
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    entries = {name: class_codes(name, sources) for name in names}
+    shown = display_names(names, entries)
     for name in names:
-        writer.writerow(table_row(name, class_codes(name, sources), seeded))
+        writer.writerow(table_row(name, entries[name], seeded, shown[name]))
     return stream.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""The Python API: ``totalsegmentator(input, output, ...)`` with the official function's main options.
+"""The Python API: ``totalsegmentator(input, output, ...)``, called like the official 2.18 function.
 
 Takes a path (NIfTI, NRRD, DICOM folder or zip) or a nibabel image, returns the multilabel
 segmentation as a nibabel image on the input's grid, and optionally writes it: NIfTI, a Slicer
@@ -8,14 +8,15 @@ segmentation as a nibabel image on the input's grid, and optionally writes it: N
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import nibabel as nib
 import numpy as np
 
-from . import imageio, pipeline, terminology
+from . import api_options, imageio, licensing, pipeline, terminology
 from .errors import InvalidOptionError
 from .progress import ProgressCallback, ignore_progress
 
@@ -28,43 +29,103 @@ DICOM_OUTPUT_MODULES = {"dicom_seg": {"highdicom": "highdicom"},
                         "dicom_rtstruct": {"pydicom": "pydicom", "skimage": "scikit-image"}}
 
 
-def totalsegmentator(input: Union[str, Path, nib.Nifti1Image], output: Union[str, Path, None] = None,
-                     ml: bool = False, task: str = "total", fast: bool = False, fastest: bool = False,
-                     roi_subset: Optional[Sequence[str]] = None, robust_crop: bool = False,
-                     body_seg: bool = False, force_split: bool = False,
-                     remove_small_blobs: Union[bool, float] = False, higher_order_resampling: bool = False,
-                     statistics: bool = False, stats_include_incomplete: bool = False, device: str = "gpu",
-                     runtime: str = "auto", output_type: str = "nifti", overwrite: bool = False, download: bool = True,
-                     progress: ProgressCallback = ignore_progress,
-                     should_cancel: Callable[[], bool] = lambda: False,
-                     runner_factory: Optional[pipeline.RunnerFactory] = None) -> nib.Nifti1Image:
-    """Segment ``input``; write to ``output`` when given; return the label image.
+def totalsegmentator(
+        input: Union[str, Path, nib.Nifti1Image], output: Union[str, Path, None] = None, ml: bool = False,
+        nr_thr_resamp: int = 1, nr_thr_saving: int = 6, fast: bool = False, nora_tag: Optional[str] = "None",
+        preview: bool = False, task: str = "total", roi_subset: Optional[Sequence[str]] = None,
+        statistics: api_options.StatisticsOption = False, radiomics: bool = False,
+        crop_path: Union[str, Path, None] = None, body_seg: bool = False, force_split: bool = False,
+        output_type: api_options.OfficialOutputType = "nifti", quiet: bool = False, verbose: bool = False,
+        test: int = 0, skip_saving: bool = False, device: str = "gpu", license_number: Optional[str] = None,
+        statistics_exclude_masks_at_border: bool = True, no_derived_masks: bool = False, v1_order: bool = False,
+        fastest: bool = False, roi_subset_robust: Optional[Sequence[str]] = None, stats_aggregation: str = "mean",
+        remove_small_blobs: Union[bool, float] = False, statistics_normalized_intensities: bool = False,
+        robust_crop: bool = False, higher_order_resampling_LEGACY: bool = False,
+        higher_order_resampling: bool = False, save_probabilities: Union[str, Path, None] = None,
+        debug: bool = False, report: Union[str, Path, None] = None, statistics_extra: bool = False,
+        save_lowres: bool = False, resampling_order: int = 1, plans: str = "nnUNetPlans", model_size: str = "big",
+        *, stats_include_incomplete: bool = False, runtime: str = "auto", overwrite: bool = False,
+        download: bool = True, progress: ProgressCallback = ignore_progress,
+        should_cancel: Callable[[], bool] = lambda: False,
+        runner_factory: Optional[pipeline.RunnerFactory] = None,
+) -> Union[nib.Nifti1Image, tuple[nib.Nifti1Image, dict]]:
+    """Segment ``input``; write to ``output`` when given; return the label image (and statistics).
+
+    The parameters are those of the official 2.18 ``totalsegmentator()`` in its order, so scripts written
+    for it run unchanged (see :mod:`api_options` for the official keywords that are ignored or refused);
+    the keyword-only ones are this engine's own. The returned image carries the class names in the same
+    NIfTI label-table extension as the official's; with ``statistics`` (True or the path of the json to
+    write) the return is ``(image, statistics)``, as in the official.
 
     ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
     "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
-    per class. Existing outputs are kept unless ``overwrite`` is set. ``runtime`` chooses what runs the network
-    on the CPU: "auto" or "torch" (labels identical to the official tool's), "onnxruntime" (faster, not
-    bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
+    per class; a list of output types writes one file of each beside ``output``. Existing outputs are kept
+    unless ``overwrite`` is set. ``runtime`` chooses what runs the network on the CPU: "auto" or "torch"
+    (labels identical to the official tool's), "onnxruntime" (faster, not bit-identical), or "nnunet"
+    (nnU-Net's own predictor, as the official package runs it).
     """
+    api_options.check_unsupported({
+        "radiomics": radiomics, "v1_order": v1_order,
+        "statistics_normalized_intensities": statistics_normalized_intensities,
+        "higher_order_resampling_LEGACY": higher_order_resampling_LEGACY, "save_probabilities": save_probabilities,
+        "report": report, "statistics_extra": statistics_extra, "save_lowres": save_lowres,
+        "resampling_order": resampling_order, "model_size": model_size})
+    types = api_options.output_types(output_type)
+    roi, robust_crop = api_options.robust_roi(roi_subset, roi_subset_robust, robust_crop)
     options = pipeline.Options(
-        task=task, speed="fastest" if fastest else ("fast" if fast else "normal"),
-        roi_subset=list(roi_subset) if roi_subset else None, robust_crop=robust_crop, body_seg=body_seg,
-        force_split=force_split, remove_small_blobs=remove_small_blobs,
-        higher_order_resampling=higher_order_resampling, statistics=statistics,
-        stats_include_incomplete=stats_include_incomplete, device=device, runtime=runtime, download=download)
-    if output is not None:
-        output = _check_output(Path(output), ml, output_type, overwrite)
-        _check_dicom_output(input, output_type)
-    with _source_for(input, output, output_type) as source:  # a zip is extracted once, for reading and writing
+        task=task, speed="fast" if fast else ("fastest" if fastest else "normal"), roi_subset=roi,  # -f wins
+        robust_crop=robust_crop, body_seg=body_seg, force_split=force_split, remove_small_blobs=remove_small_blobs,
+        higher_order_resampling=higher_order_resampling, statistics=bool(statistics),
+        stats_include_incomplete=stats_include_incomplete or not statistics_exclude_masks_at_border,
+        device=device, runtime=runtime, download=download, stats_aggregation=stats_aggregation)
+    output = None if output is None else Path(output).expanduser().absolute()
+    targets = {} if output is None or skip_saving else _targets(output, ml, types, task, overwrite)
+    for kind in targets:
+        _check_dicom_output(input, kind)
+    if license_number is not None:
+        licensing.set_license_key(license_number)
+    with _source_for(input, targets) as source:  # a zip is extracted once, for reading and writing
         result = pipeline.segment(source, options, progress, should_cancel, runner_factory)
-        if output is not None:
-            write_result(result, output, ml, output_type, overwrite, source=source)
-    return result.image
+        for kind, target in targets.items():
+            write_result(replace(result, statistics=None), target, ml or len(targets) > 1, kind, overwrite,
+                         source=source)
+        if preview and targets:  # as the official: only when a segmentation is written, beside it
+            _write_preview(source, result, targets, ml, task)
+    stats_file = api_options.statistics_file(statistics, output, ml, types)
+    if stats_file is not None and result.statistics is not None:
+        from . import statistics as statistics_module
+
+        statistics_module.write_statistics(result.statistics, stats_file)
+    image = labelled_image(result)
+    return (image, result.statistics or {}) if statistics else image
 
 
-def _source_for(input: Union[str, Path, nib.Nifti1Image], output: Optional[Path], output_type: str):
+def _write_preview(source: Union[str, Path, nib.Nifti1Image], result: pipeline.Result,
+                   targets: Mapping[str, Path], ml: bool, task: str) -> None:
+    """``preview_<task>.png`` in the output folder (the class-file folder, else the folder of the file)."""
+    from .preview import write_preview
+
+    kind, first = next(iter(targets.items()))
+    folder = first if kind == "nifti" and not ml and len(targets) == 1 else first.parent
+    write_preview(source, result.image, result.label_map, folder / f"preview_{task}.png")
+
+
+def labelled_image(result: pipeline.Result) -> nib.Nifti1Image:
+    """The label image with its class names in the header, as the official returns it (the result is kept)."""
+    image = nib.Nifti1Image(result.image.dataobj, result.image.affine, result.image.header.copy())
+    image.header.extensions.append(imageio.label_table_extension(result.label_map))
+    return image
+
+
+def _targets(output: Path, ml: bool, types: Sequence[str], task: str, overwrite: bool) -> dict[str, Path]:
+    """Output type -> path to write, each checked before hours of computing; several types go side by side."""
+    paths = {types[0]: output} if len(types) == 1 else api_options.multi_output_paths(output, types, task)
+    return {kind: _check_output(path, ml or len(types) > 1, kind, overwrite) for kind, path in paths.items()}
+
+
+def _source_for(input: Union[str, Path, nib.Nifti1Image], targets: Mapping[str, Path]):
     """The DICOM series folder when a DICOM output will reference the input's files, else the input as given."""
-    if output is not None and output_type in DICOM_OUTPUT_TYPES and _is_dicom_input(input) \
+    if any(kind in DICOM_OUTPUT_TYPES for kind in targets) and _is_dicom_input(input) \
             and Path(input).expanduser().exists():  # a missing input is reported by the reader as not found
         return imageio.dicom_series_folder(input)
     return contextlib.nullcontext(input)

@@ -1,8 +1,10 @@
 """``TotalSegmentator -i ct.nii.gz -o out``: the official command line, on this engine.
 
-Parses arguments, then calls :func:`api.totalsegmentator`; heavy imports happen after parsing so
-``--help`` and ``--list-tasks`` answer at once. Errors meant for the user are printed as one
-message (no traceback) with exit code 1; a cancelled run (Ctrl+C) exits with 130.
+Parses arguments (the official flags, see :mod:`cli_options`), runs :func:`pipeline.segment` once and
+writes every requested output through :func:`api.write_result`, so official scripts run unchanged; heavy
+imports happen after parsing so ``--help`` and ``--list-tasks`` answer at once. Errors meant for the user
+are printed as one message (no traceback) with exit code 1, unsupported options exit with 2 as argparse
+errors do; a cancelled run (Ctrl+C) exits with 130.
 """
 
 from __future__ import annotations
@@ -12,80 +14,23 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from . import __version__
-from .errors import CancelledError, TotalSegmentatorError
+from . import cli_options
+from .cli_options import build_parser
+from .errors import CancelledError, InvalidOptionError, OutputExistsError, TotalSegmentatorError
 from .progress import JsonLinesReporter, TerminalReporter, ignore_progress
 from .tasks import all_tasks, get_task
 
-# Output types of api.OUTPUT_TYPES, repeated so that --help answers without importing the engine.
-OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
-# prediction.RUNTIMES, repeated for the same reason.
-RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
-# Official options this engine accepts for compatibility but has no use for (thread counts, Nora).
-IGNORED_OPTIONS = (("-nr", "--nr_thr_resamp", int), ("-ns", "--nr_thr_saving", int), ("-t", "--nora_tag", str))
+if TYPE_CHECKING:
+    import nibabel as nib
+    import numpy as np
 
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="TotalSegmentator",
-                                description="Segment anatomical structures in CT and MR images (TotalSegmentator "
-                                            "models on nnU-Net v2).")
-    p.add_argument("-i", dest="input", metavar="filepath", type=Path,
-                   help="Input image: NIfTI, NRRD, a folder of DICOM slices or a zip of them.")
-    p.add_argument("-o", dest="output", metavar="directory", type=Path,
-                   help="Output folder (one mask per class), or the output file with --ml or another -ot.")
-    p.add_argument("-ot", "--output_type", default="nifti", choices=OUTPUT_TYPES,
-                   help="nifti (default), seg_nrrd (a Slicer .seg.nrrd file with names and colours), or for "
-                        "DICOM input dicom_seg (DICOM SEG) or dicom_rtstruct (RT Structure Set), -o a .dcm file.")
-    p.add_argument("-ml", "--ml", action="store_true", help="Write one multilabel NIfTI file instead of a folder.")
-    p.add_argument("-ta", "--task", default="total", help="Task to run (see --list-tasks). Default: total.")
-    speed = p.add_mutually_exclusive_group()
-    speed.add_argument("-f", "--fast", action="store_true", help="Use the 3 mm model (faster, less accurate).")
-    speed.add_argument("-ff", "--fastest", action="store_true", help="Use the 6 mm model (fastest).")
-    p.add_argument("-rs", "--roi_subset", nargs="+", metavar="class",
-                   help="Only these classes (task total/total_mr); runs only the part models needed.")
-    p.add_argument("-rc", "--robust_crop", action="store_true",
-                   help="Crop with the 3 mm model instead of the 6 mm one (slower, more robust).")
-    p.add_argument("-bs", "--body_seg", action="store_true", help="Crop to the body first (CT only).")
-    p.add_argument("-fs", "--force_split", action="store_true",
-                   help="Process the image in three slabs along z (less memory, lower accuracy).")
-    p.add_argument("-rmb", "--remove_small_blobs", nargs="?", const=200.0, default=False, type=positive_float,
-                   metavar="mm3", help="Remove connected components smaller than mm3 (default 200).")
-    p.add_argument("-ho", "--higher_order_resampling", action="store_true",
-                   help="Let nnU-Net resample (higher order) instead of linear resampling to the task spacing.")
-    p.add_argument("-s", "--statistics", action="store_true", help="Write statistics.json (volume, mean intensity).")
-    p.add_argument("-sii", "--stats_include_incomplete", action="store_true",
-                   help="Also report classes that touch the image border.")
-    p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (default gpu, CPU if none).")
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                   help="What runs the network on the CPU: auto or torch (identical to the official labels), "
-                        "onnxruntime (faster, not bit-identical), or nnunet (nnU-Net's own predictor). "
-                        "GPUs always use nnU-Net's.")
-    p.add_argument("-l", "--license_number", help="Licence key for licensed tasks (stored for later runs).")
-    p.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
-    p.add_argument("--offline", action="store_true", help="Never download weights; fail if they are missing.")
-    p.add_argument("--progress-json", action="store_true",
-                   help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
-    p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
-    p.add_argument("-lc", "--list-classes", nargs="?", const="total", metavar="task",
-                   help="List the classes of a task (default total) and exit.")
-    verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="Print nothing but errors.")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="Show tracebacks of errors.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for short, long, kind in IGNORED_OPTIONS:
-        p.add_argument(short, long, type=kind, help=argparse.SUPPRESS)
-    return p
+# The official task switch when a DICOM series' Modality contradicts the task: (modality, task) -> task.
+MODALITY_SWITCH = {("MR", "total"): "total_mr", ("CT", "total_mr"): "total"}
 
 
 def format_tasks() -> str:
@@ -115,6 +60,16 @@ def _interrupt_on_sigterm() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args.output_type = cli_options.output_types(args.output_type)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"argument -ot/--output_type: {err}")
+    notice = cli_options.ignored_notice(args.ignored_flags)
+    if notice:
+        print(notice, file=sys.stderr)
+    if args.model_size == "small" and args.task == "total_v3":
+        parser.exit(2, "ERROR: option -ms (--model_size) is not supported by this implementation: "
+                       "only the big total_v3 model is available.\n")
     try:
         if args.list_tasks:
             print(format_tasks())
@@ -146,25 +101,157 @@ def _reporter(args: argparse.Namespace):
     return TerminalReporter(sys.stderr)
 
 
-def _segment(args: argparse.Namespace) -> int:
-    from . import allocator, api, licensing
+def planned_outputs(output: Path, types: Sequence[str], task: str) -> dict[str, Path]:
+    """Output type -> path: -o itself for one type, the official side-by-side names for several."""
+    from . import api_options
 
-    if args.license_number:
-        licensing.set_license_key(args.license_number)
+    output = output.expanduser().absolute()
+    return {types[0]: output} if len(types) == 1 else api_options.multi_output_paths(output, types, task)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from . import allocator, api, imageio
+
+    args.task = switched_task(args.input, args.task)
+    targets = planned_outputs(args.output, args.output_type, args.task)
+    ml = args.ml or len(targets) > 1
+    for kind, path in targets.items():
+        check_replaceable(args.input, path, kind, ml, args)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
-        api.totalsegmentator(
-            args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest,
-            roi_subset=args.roi_subset, robust_crop=args.robust_crop, body_seg=args.body_seg,
-            force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
+        image = api.totalsegmentator(
+            args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest and not args.fast,
+            roi_subset=args.roi_subset, roi_subset_robust=args.roi_subset_robust, robust_crop=args.robust_crop,
+            body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
             higher_order_resampling=args.higher_order_resampling, statistics=args.statistics,
-            stats_include_incomplete=args.stats_include_incomplete, device=args.device,
-            runtime=args.runtime, output_type=args.output_type, overwrite=args.overwrite,
-            download=not args.offline, progress=_reporter(args))
+            stats_aggregation=args.stats_aggregation, output_type=args.output_type, device=args.device,
+            license_number=args.license_number, quiet=args.quiet, verbose=args.verbose,
+            stats_include_incomplete=args.stats_include_incomplete, runtime=args.runtime,
+            overwrite=not args.no_overwrite, download=not args.offline, progress=_reporter(args))
+    image = image[0] if isinstance(image, tuple) else image  # (image, statistics) with -s
+    label_map = imageio.read_label_map(image)
+    first_kind, first = next(iter(targets.items()))
+    folder = first if first_kind == "nifti" and not ml else first.parent
+    if args.task == "body" and folder == first and not args.no_derived_masks:
+        write_derived_body_masks(image, label_map, args.input, folder, overwrite=not args.no_overwrite)
+    if args.preview:
+        write_preview(args.input, image, label_map, folder / f"preview_{args.task}.png")
     if not args.quiet and not args.progress_json:
-        print(f"Segmentation written to {args.output}", file=sys.stderr)
+        print(f"Segmentation written to {', '.join(str(path) for path in targets.values())}", file=sys.stderr)
     return 0
 
 
+def switched_task(source: Path, task: str) -> str:
+    """The official switch between total and total_mr when a DICOM series' Modality says otherwise."""
+    modality = dicom_modality(source)
+    switched = MODALITY_SWITCH.get((modality or "", task))
+    if switched:
+        print(f"WARNING: the input is a DICOM series of modality {modality}, but task '{task}' is for "
+              f"{'CT' if modality == 'MR' else 'MR'} images; running task '{switched}' instead.", file=sys.stderr)
+        return switched
+    return task
+
+
+def dicom_modality(source: Path) -> Optional[str]:
+    """The Modality tag of a DICOM input (folder or zip), read from its first readable file; else None."""
+    import zipfile
+
+    from . import imageio
+
+    source = source.expanduser()
+    if not source.exists() or not imageio.is_dicom_source(source):
+        return None
+    try:
+        if source.is_dir():
+            return next(filter(None, map(_file_modality, sorted(p for p in source.rglob("*") if p.is_file()))), None)
+        with zipfile.ZipFile(source) as archive, tempfile.TemporaryDirectory() as tmp:
+            for name in (n for n in archive.namelist() if not n.endswith("/")):
+                modality = _file_modality(Path(archive.extract(name, tmp)))
+                if modality:
+                    return modality
+    except (OSError, RuntimeError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _file_modality(path: Path) -> Optional[str]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetMetaData("0008|0060").strip().upper() if reader.HasMetaDataKey("0008|0060") else None
+
+
+def check_replaceable(source: Path, path: Path, kind: str, ml: bool, args: argparse.Namespace) -> None:
+    """Refuse to write over the input itself, or (without --overwrite) over a file that no run wrote.
+
+    Existing segmentation outputs are replaced as the official tool replaces them, so scripts can re-run
+    into the same folder; --no-overwrite refuses any existing output instead (checked when writing).
+    """
+    if path.exists() and source.exists() and path.resolve() == source.expanduser().resolve():
+        raise InvalidOptionError(f"Output {path} is the input itself; choose another output path.")
+    if path.is_file() and not (args.overwrite or args.no_overwrite or is_segmentation_file(path, kind, ml)):
+        raise OutputExistsError(f"{path} exists and is not a segmentation output; choose another output "
+                                f"path, or pass --overwrite to replace it anyway.")
+
+
+def is_segmentation_file(path: Path, kind: str, ml: bool) -> bool:
+    """Whether an existing file looks like what this output writes (so replacing it loses no data)."""
+    import nibabel as nib
+
+    try:
+        if kind == "nifti":  # label images are unsigned integers; images such as CTs are not
+            return ml and nib.load(path).get_data_dtype().kind == "u"
+        if kind == "seg_nrrd":
+            with path.open("rb") as handle:
+                head = handle.read(1 << 16)
+            return head.startswith(b"NRRD") and b"Segment0_" in head
+        import pydicom
+
+        return pydicom.dcmread(path, stop_before_pixels=True).get("Modality") in ("SEG", "RTSTRUCT")
+    except Exception:  # unreadable as that format: not ours
+        return False
+
+
+def body_and_skin(labels: np.ndarray, label_map: dict[int, str], ct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The official derived masks of task body: body = trunc + extremities; skin = its outer shell at
+    skin densities (-200..250 HU), without components of 5 voxels or fewer."""
+    import numpy as np
+    from scipy import ndimage
+
+    wanted = [label for label, name in label_map.items() if name in ("body_trunc", "body_extremities")]
+    body = np.isin(labels, wanted)
+    outer = ndimage.binary_dilation(body, iterations=1)  # one voxel outside the body
+    shell = outer & ~ndimage.binary_erosion(outer, iterations=3)
+    shell &= (ct > -200) & (ct < 250)
+    components, _ = ndimage.label(shell)
+    sizes = np.bincount(components.ravel())
+    skin = shell & (sizes[components] > 5)
+    return body.astype(np.uint8), skin.astype(np.uint8)
+
+
+def write_derived_body_masks(image: nib.Nifti1Image, label_map: dict[int, str], source: Path, folder: Path,
+                             overwrite: bool) -> None:
+    """body.nii.gz and skin.nii.gz beside the class files, as the official writes them for task body."""
+    import numpy as np
+
+    from . import imageio
+
+    labels = np.asanyarray(image.dataobj)
+    body, skin = body_and_skin(labels, label_map, imageio.load_image(source).get_fdata())
+    for name, mask in (("body", body), ("skin", skin)):
+        imageio.write_class_files(mask, image, {1: name}, folder, overwrite=overwrite)
+
+
+def write_preview(source: Path, image: nib.Nifti1Image, label_map: dict[int, str], path: Path) -> Path:
+    """preview_<task>.png through the preview module, imported only when a preview is asked for."""
+    from .preview import write_preview as render
+
+    return render(source, image, label_map, path)
 def run() -> None:
     """Console entry point: the command as a program (exit code, SIGTERM handled)."""
     _interrupt_on_sigterm()

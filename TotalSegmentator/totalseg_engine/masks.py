@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InvalidInputError, TotalSegmentatorError, UnknownTaskError
-from .imageio import atomic_output, read_label_map
+from .imageio import atomic_output, label_table_extension, read_label_map
 from .tasks import _unknown_message, get_task
 
 Group = Union[str, Sequence[str]]
@@ -133,19 +133,39 @@ def _parser() -> argparse.ArgumentParser:
         default="total",
         help="Task whose classes a multilabel file without a label table has (default: total).",
     )
+    parser.add_argument(
+        "-ml",
+        "--multilabel",
+        action="store_true",
+        help="Write the mask with a label table naming label 1 after the group, as a multilabel file.",
+    )
+    parser.add_argument(
+        "-t",
+        "--nora_tag",
+        default="None",
+        metavar="PROJECT",
+        help="Accepted for compatibility with the official command; tagging in the nora database is not done.",
+    )
     return parser
 
 
 def combine_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry ``totalseg_combine_masks``; user errors print one line and return 1."""
+    """Console entry ``totalseg_combine_masks``; user errors print one line and return 1.
+
+    ``-ml`` and ``-t`` mean what they mean to the official command, so its scripts run unchanged.
+    """
     args = _parser().parse_args(argv)
     try:
         image = combine_path(args.input, args.group, args.task)
+        if args.multilabel:
+            image.header.extensions.append(label_table_extension({1: args.group}))
         with atomic_output(args.output, overwrite=True) as tmp:
             nib.save(image, tmp)
     except TotalSegmentatorError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    if args.nora_tag not in ("None", ""):
+        print(f"Note: not tagged in nora project {args.nora_tag}; nora is not part of this tool.", file=sys.stderr)
     return 0
 
 

@@ -50,6 +50,7 @@ class Options:
     higher_order_resampling: bool = False
     statistics: bool = False
     stats_include_incomplete: bool = False
+    stats_aggregation: str = "mean"  # or "median": the intensity statistic, as the official's -sa
     device: str = "gpu"
     runtime: str = "auto"
     download: bool = True
@@ -390,4 +391,5 @@ def _statistics(run: _Run, prediction: _Prediction, labels: np.ndarray, original
     seg, image = (prediction.lowres_labels, prediction.lowres_image) if on_working_grid else (labels, original)
     return statistics.compute_statistics(
         seg, image.get_fdata(), geometry.header_spacing(image), dict(task.classes),
-        exclude_masks_at_border=not run.options.stats_include_incomplete, roi_subset=roi)
+        exclude_masks_at_border=not run.options.stats_include_incomplete, roi_subset=roi,
+        metric=run.options.stats_aggregation)

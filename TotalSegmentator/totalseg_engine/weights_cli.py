@@ -1,8 +1,8 @@
 """Console commands for weights and the licence key, named and used like the official ones.
 
-``totalseg_download_weights -t TASK``, ``totalseg_import_weights -i PATH`` and
-``totalseg_set_license -l KEY``. Errors meant for the user are printed as one message (no
-traceback) with exit code 1; Ctrl+C exits with 130.
+``totalseg_download_weights -t TASK`` (also the official names such as ``total_fast``, and ``all``),
+``totalseg_import_weights -i PATH`` and ``totalseg_set_license -l KEY``. Errors meant for the user are
+printed as one message (no traceback) with exit code 1; Ctrl+C exits with 130.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
-from . import licensing, weights, weights_archive
-from .errors import TotalSegmentatorError
+from . import licensing, tasks, weights, weights_archive
+from .errors import TotalSegmentatorError, UnknownTaskError
 from .progress import TerminalReporter
-from .tasks import get_task
+from .tasks import ModelSpec
 
 
 def _run(action: Callable[[], None]) -> int:
@@ -31,23 +31,82 @@ def _run(action: Callable[[], None]) -> int:
     return 0
 
 
+SPEED_ALIASES = {"total_fast": "total", "total_v3_fast": "total_v3", "total_fast_mr": "total_mr",
+                 "body_fast": "body", "body_mr_fast": "body_mr"}
+"""Official download names that mean only the fast and fastest models of a task."""
+
+NOT_PROVIDED = ("body_stats_xgb", "body_stats_mr", "body_stats_ct")
+"""Official download names of models this tool has no use for (the xgboost models of totalseg_get_body_stats)."""
+
+ALL = "all"
+
+
+def _downloadable(spec: ModelSpec) -> bool:
+    """Whether a release or the licence server provides the model (not so for development-only tasks)."""
+    return spec.licensed or spec.release is not None
+
+
+def _unique(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
+    """Each dataset once (its first model), in the given order: a dataset folder is downloaded whole."""
+    seen: dict[int, ModelSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.dataset_id, spec)
+    return list(seen.values())
+
+
+def download_specs(name: str) -> list[ModelSpec]:
+    """The models ``totalseg_download_weights -t NAME`` fetches: at least what the official command fetches.
+
+    A task name gets every speed mode and its refinement model; an official ``*_fast`` name the fast and
+    fastest models of its task; ``all`` every downloadable model of every task.
+    """
+    if name == ALL:
+        return _unique(spec for task in tasks.all_tasks() for spec in tasks.models_of_task(task)
+                       if all(_downloadable(s) for s in tasks.models_of_task(task)))
+    if name in NOT_PROVIDED:
+        raise UnknownTaskError(f"'{name}' names the models of totalseg_get_body_stats, which this tool does not "
+                               "provide; nothing to download.")
+    if name in SPEED_ALIASES:
+        task = tasks.get_task(SPEED_ALIASES[name])
+        return _unique(spec for speed in ("fast", "fastest") if speed in task.modes
+                       for spec in task.modes[speed].models)
+    if name not in tasks.all_tasks():
+        valid = [*tasks.all_tasks(), *SPEED_ALIASES, ALL]
+        raise UnknownTaskError(tasks._unknown_message("task", name, valid))
+    refine = tasks.get_task(name).refine_with
+    return _unique([*tasks.models_of_task(name), *(tasks.models_of_task(refine) if refine else [])])
+
+
+def _skip_unlicensed(name: str, specs: list[ModelSpec]) -> list[ModelSpec]:
+    """``all`` without a stored licence key skips the licensed models instead of failing on the first."""
+    if name != ALL or licensing.get_license_key() is not None:
+        return specs
+    skipped = [spec for spec in specs if spec.licensed]
+    if skipped:
+        print(f"Skipped {len(skipped)} licensed models (no licence key set; see totalseg_set_license).",
+              file=sys.stderr)
+    return [spec for spec in specs if not spec.licensed]
+
+
 def download_main(argv: Optional[Sequence[str]] = None) -> int:
     """``totalseg_download_weights -t TASK [-t TASK ...]``: fetch every model of the tasks."""
     parser = argparse.ArgumentParser(prog="totalseg_download_weights",
                                      description="Download the weights of TotalSegmentator tasks (all speed "
                                                  "modes) into the cache, e.g. before working offline.")
     parser.add_argument("-t", "--task", action="append", metavar="TASK",
-                        help="Task whose weights to download; repeat for several (default: total).")
+                        help="Task whose weights to download, an official download name such as total_fast, or "
+                             "'all'; repeat for several (default: total).")
     args = parser.parse_args(argv)
 
     def download() -> None:
         names = args.task or ["total"]
-        for name in names:
-            get_task(name)  # refuse a misspelt name before downloading anything
+        plan = [(name, download_specs(name)) for name in names]  # refuse a misspelt name before downloading
         reporter = TerminalReporter(sys.stderr)
-        for name in names:
-            for folder in weights.download_task(name, reporter):
-                print(f"{name}: {folder}")
+        for name, specs in plan:
+            for spec in _skip_unlicensed(name, specs):
+                if not weights.is_installed(spec):
+                    weights.download_dataset(spec.dataset_id, reporter)
+                print(f"{name}: {weights.model_dir(spec)}")
 
     return _run(download)
 

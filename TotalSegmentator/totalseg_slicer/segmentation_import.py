@@ -213,14 +213,22 @@ def segment_tag(segment: slicer.vtkSegment, tag: str) -> Optional[str]:
 
 def segments_to_replace(segmentation_node: slicer.vtkMRMLSegmentationNode, task: str,
                         classes: Iterable[str]) -> list[str]:
-    """IDs of the segments a run of ``task`` over ``classes`` would replace (tagged with both), in list order."""
+    """IDs of the segments a run of ``task`` over ``classes`` would replace, in list order.
+
+    Ours are tagged with the task and class. The existing TotalSegmentator extension tagged nothing but used the
+    class name as segment ID, so an untagged segment whose ID is one of the classes is that class too.
+    """
     wanted = set(classes)
     segmentation = segmentation_node.GetSegmentation()
-    return [
-        segment_id for segment_id in segmentation.GetSegmentIDs()
-        if segment_tag(segmentation.GetSegment(segment_id), TASK_TAG) == task
-        and segment_tag(segmentation.GetSegment(segment_id), CLASS_TAG) in wanted
-    ]
+    return [segment_id for segment_id in segmentation.GetSegmentIDs()
+            if _is_run_segment(segmentation.GetSegment(segment_id), segment_id, task, wanted)]
+
+
+def _is_run_segment(segment: slicer.vtkSegment, segment_id: str, task: str, wanted: set[str]) -> bool:
+    class_name = segment_tag(segment, CLASS_TAG)
+    if class_name is None:
+        return segment_id in wanted  # made by the existing extension: ID = class name
+    return segment_tag(segment, TASK_TAG) == task and class_name in wanted
 
 
 # --------------------------------------------------------------------------------------------------
