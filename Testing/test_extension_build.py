@@ -107,14 +107,28 @@ def isolated_python(module_dir: Path, argv: Sequence[str], cwd: Path, env: Optio
     ``-S``: no ``site``, so no ``.pth`` file runs and the editable install cannot map the packages to the
     source tree; ``cwd`` should be a folder outside the repository (sys.path[0] is the cwd for ``-m``/``-c``).
     """
-    site_packages = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    path = [str(module_dir), *map(str, extra_paths), *site_packages]
+    site_packages = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    path = [str(module_dir), *map(str, extra_paths)]
     # No inherited Python paths, and no weights or home folder of the caller's: ``env`` says which to use.
     child_env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "TOTALSEG_"))}
     child_env.update(env or {})
     child_env.update(PYTHONPATH=os.pathsep.join(path), PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, "-S", *argv], cwd=cwd, env=child_env, capture_output=True, text=True,
-                          timeout=timeout)
+    # site-packages go after the standard library, as ``site`` puts them: on PYTHONPATH they would come first,
+    # and a PyPI backport installed there (argparse 1.4) would shadow the standard module.
+    return subprocess.run([sys.executable, "-S", "-c", _BOOTSTRAP, json.dumps(site_packages), *argv], cwd=cwd,
+                          env=child_env, capture_output=True, text=True, timeout=timeout)
+
+
+_BOOTSTRAP = """
+import json, runpy, sys
+sys.path.extend(json.loads(sys.argv[1]))
+option, target, *rest = sys.argv[2:]
+sys.argv = [target if option == "-m" else "-c", *rest]
+if option == "-m":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+"""
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,70 @@ def test_existing_extension_helpers(module, monkeypatch, tmp_path):
     monkeypatch.setattr(logic, "ensureDependencies", lambda askConfirmation, reinstall: called.append(
         (askConfirmation, reinstall)) or True)
     assert logic.setupPythonRequirements(upgrade=True) and called == [(False, True)]
+
+
+class _RecordedJob:
+    """Records what the logic asks for; constructor as SegmentationJob's and SequenceJob's (totalseg_slicer/job.py)."""
+
+    made: list = []
+
+    def __init__(self, scene, input_volume, segmentation_node, request, table_node=None, python=None,
+                 temp_root=None) -> None:
+        request.validate()
+        self.request, self.segmentation_node, self.state_name, self.error_message = request, segmentation_node, "", ""
+        _RecordedJob.made.append(self)
+
+    def start(self) -> None:
+        self.state_name = "succeeded"
+
+    def poll(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        self.state_name = "cancelled"
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda logic, v: logic.process(v, None), ("SegmentationJob", "total", "normal", "auto", [])),
+    (lambda logic, v: logic.process(v, None, "faster", True, "total_mr"),
+     ("SegmentationJob", "total_mr", "fastest", "cpu", [])),
+    (lambda logic, v: logic.process(v, None, False, False, None, ["liver"]),
+     ("SegmentationJob", "total", "normal", "auto", ["liver"])),
+    (lambda logic, v: logic.process(v, None, fast=True, cpu=True), ("SegmentationJob", "total", "fast", "cpu", [])),
+    (lambda logic, v: logic.process(v, None, quality="fast", subset=["spleen"], sequenceBrowserNode=object()),
+     ("SequenceJob", "total", "fast", "auto", ["spleen"])),
+    (lambda logic, v: logic.processAsync(v, None, "fast", cpu=True), ("SegmentationJob", "total", "fast", "cpu", [])),
+    (lambda logic, v: logic.process(v, None, task="total", fastest=True, roiSubset=["liver"], device="gpu:1"),
+     ("SegmentationJob", "total", "fastest", "gpu:1", ["liver"])),
+])
+def test_existing_extension_calling_styles_reach_the_job(module, mrml, monkeypatch, call, expected):
+    from totalseg_slicer import job
+
+    made = {}
+    for name in ("SegmentationJob", "SequenceJob"):
+        made[name] = type(name, (_RecordedJob,), {})
+        monkeypatch.setattr(job, name, made[name])
+    _RecordedJob.made = []
+    logic = module.TotalSegmentatorLogic()
+    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    call(logic, volume)
+    logic.cancel()
+    [recorded] = _RecordedJob.made
+    request = recorded.request
+    assert (type(recorded).__name__, request.task, request.speed, request.device, request.roi_subset) == expected
+
+
+def test_existing_extension_attributes_reach_the_job(module, mrml, monkeypatch, tmp_path):
+    from totalseg_slicer import job
+
+    monkeypatch.setattr(job, "SegmentationJob", type("SegmentationJob", (_RecordedJob,), {}))
+    _RecordedJob.made = []
+    logic = module.TotalSegmentatorLogic()
+    logic.useStandardSegmentNames, logic.robustCrop = False, True
+    logic.removeSmallBlobs, logic.higherOrderResampling = True, True
+    logic.totalSegmentatorWeightsPath = str(tmp_path / "weights")
+    logic.process(mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"), None, statistics=True)
+    request = _RecordedJob.made[0].request
+    assert (request.use_standard_names, request.robust_crop, request.remove_small_blobs,
+            request.higher_order_resampling, request.statistics) == (False, True, True, True, True)
+    assert paths.weights_dir() == tmp_path / "weights"

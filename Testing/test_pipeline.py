@@ -141,12 +141,12 @@ def test_statistics_and_every_output_format(weights_home, data_dir, tmp_path):
     import slicerio
 
     ct_path = data_dir / "example_ct_sm.nii.gz"
-    image = api.totalsegmentator(ct_path, tmp_path / "seg.nii.gz", ml=True, task="total", fast=True,
-                                 statistics=True, device="cpu")
+    image, returned_stats = api.totalsegmentator(ct_path, tmp_path / "seg.nii.gz", ml=True, task="total",
+                                                 fast=True, statistics=True, device="cpu")  # as the official
     labels = np.asanyarray(image.dataobj)
     assert imageio.read_label_map(tmp_path / "seg.nii.gz") == get_task("total").classes
     stats = json.loads((tmp_path / "statistics.json").read_text())
-    assert list(stats) == list(get_task("total").classes.values())
+    assert list(stats) == list(get_task("total").classes.values()) and list(returned_stats) == list(stats)
     api.totalsegmentator(ct_path, tmp_path / "masks", task="total", fast=True, device="cpu")
     liver = nib.load(tmp_path / "masks" / "liver.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(liver.dataobj), (labels == 5).astype(np.uint8))

@@ -16,7 +16,7 @@ SOURCES = sorted(p for p in MODULE_ROOT.rglob("*.py") if "egg-info" not in p.par
 STDLIB_ONLY = ("totalseg_engine.tasks", "totalseg_engine.terminology", "totalseg_engine.paths",
                "totalseg_engine.licensing", "totalseg_engine.weights", "totalseg_engine.weights_archive",
                "totalseg_engine.devices", "totalseg_slicer.panel_state", "totalseg_slicer.dependencies",
-               "totalseg_slicer.dependency_install", "totalseg_slicer.devices")
+               "totalseg_slicer.dependency_install", "totalseg_slicer.devices", "totalseg_slicer.legacy_api")
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(MODULE_ROOT)))

@@ -189,7 +189,7 @@ def test_engine_command_round_trips_through_the_cli_parser(tmp_path, speed, blob
     assert (args.input, args.output) == (tmp_path / "ct.nii.gz", tmp_path / "seg.seg.nrrd")
     assert (args.task, args.fast, args.fastest, args.device) == ("total_mr", fast, fastest, "gpu:1")
     assert args.roi_subset == ["liver", "spleen"] and args.remove_small_blobs == blobs_parsed
-    assert (args.output_type, args.license_number) == ("seg_nrrd", "aca_KEY")
+    assert (args.output_type, args.license_number) == (["seg_nrrd"], "aca_KEY")
     assert all([args.robust_crop, args.body_seg, args.force_split, args.higher_order_resampling, args.statistics,
                 args.stats_include_incomplete, args.ml, args.overwrite, args.offline, args.progress_json])
 
@@ -199,7 +199,7 @@ def test_engine_command_defaults_and_off_switches(tmp_path):
     assert argv[0] == sys.executable
     args = cli.build_parser().parse_args(argv[3:])
     assert (args.task, args.device, args.output_type, args.roi_subset, args.license_number) == (
-        "total", "gpu", "nifti", None, None)
+        "total", "gpu", ["nifti"], None, None)
     assert not any([args.fast, args.fastest, args.ml, args.overwrite, args.offline, args.robust_crop,
                     args.remove_small_blobs, args.statistics]) and args.progress_json
     with pytest.raises(ValueError, match="speed"):

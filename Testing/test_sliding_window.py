@@ -372,9 +372,9 @@ def test_onnx_runs_never_import_torch_or_nnunet(tmp_path, data_dir, onnx_cache):
 
 
 def test_command_line_offers_the_runtimes_of_the_engine():
-    from totalseg_engine import cli, prediction
+    from totalseg_engine import cli_options, prediction
 
-    assert cli.RUNTIMES == prediction.RUNTIMES
+    assert cli_options.RUNTIMES == prediction.RUNTIMES
 
 
 def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop):

@@ -538,6 +538,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
                             options)
         job.on_log = self._log
+        job.on_progress = self._logProgress
         job.start()
         while not job.poll():
             slicer.app.processEvents(qt.QEventLoop.AllEvents, POLL_INTERVAL_MS)
@@ -552,7 +553,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         """Start a segmentation and return at once; callbacks run in the GUI thread; ``cancel()`` stops it."""
         job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
                             options)
-        self._run(job, onProgress, onLog or self._log, onFinished)
+        self._run(job, onProgress or self._logProgress, onLog or self._log, onFinished)
         return job
 
     def _makeJob(self, inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode, options):
@@ -574,8 +575,13 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return jobClass(slicer.mrmlScene, inputVolume, outputSegmentation, request, temp_root=self.temporaryFolder())
 
     def _log(self, line: str) -> None:
+        """The existing extension's ``logCallback``: engine output and progress messages, as they come."""
         if self.logCallback:
             self.logCallback(line)
+
+    def _logProgress(self, fraction: Optional[float], message: str) -> None:
+        if message:
+            self._log(message)
 
     @staticmethod
     def temporaryFolder() -> Path:
