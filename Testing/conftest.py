@@ -15,6 +15,23 @@ sys.path.insert(0, str(ROOT / "Testing"))
 DATA_DIR = ROOT.parent / "shared" / "data" / "totalsegmentator-tests"
 
 
+@pytest.fixture(autouse=True)
+def engine_environment():
+    """Put back the engine's environment variables after every test.
+
+    The Slicer logic sets ``TOTALSEG_WEIGHTS_PATH`` in its own process on purpose (its child processes inherit
+    it), and monkeypatch's ``delenv`` of a variable that was absent records nothing to undo, so without this
+    one test's weights folder would leak into every later test and its child processes.
+    """
+    import os
+
+    before = {key: value for key, value in os.environ.items() if key.startswith("TOTALSEG_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("TOTALSEG_")]:
+        del os.environ[key]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real CT/MR images and official outputs shipped beside the checkout."""
