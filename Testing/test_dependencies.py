@@ -66,11 +66,12 @@ def constraints_of(argv: list[str]) -> str:
 
 
 def test_pip_arguments_through_slicer_58_run_pip_install_once(tmp_path):
-    """Fails on the code before issue #12: pip_arguments began with "install", which pip_install adds again."""
+    """Before issue #12 the arguments began with "install", which pip_install adds again."""
     recorder = PipRecorder()
     util, _ = slicer_58(recorder)
     python = Python(torch="2.8.0")
-    args = dependencies.pip_arguments(python.statuses(), tmp_path / "constraints.txt")
+    (step,) = dependency_install.plan_install(python.statuses()).steps
+    args = dependency_install.legacy_pip_arguments(step, tmp_path / "constraints.txt")
     util.pip_install(args)
     (argv,) = recorder.commands
     assert argv[:4] == PIP and "install" not in argv[4:]
@@ -267,7 +268,8 @@ def test_install_uses_the_pytorch_extension_when_importable(monkeypatch):
     recorder = python.recorder()
     util, packaging = slicer_512(recorder)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", pytorch_utils_module(util))
-    plan = dependencies.install(python.statuses(), util, packaging)
+    plan = dependency_install.plan_install(python.statuses())
+    dependency_install.install_dependencies(plan, util, packaging, dependency_install.find_pytorch_utils())
     assert plan.torch == "torch>=2.1.2"
     assert [argv[2] for argv in recorder.commands] == ["light_the_torch", "pip"]
 
@@ -277,7 +279,8 @@ def test_install_without_the_pytorch_extension_uses_pip(monkeypatch):
     recorder = python.recorder()
     util, packaging = slicer_58(recorder)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # not installed: import raises ImportError
-    dependencies.install(python.statuses(), util, packaging)
+    dependency_install.install_dependencies(dependency_install.plan_install(python.statuses()), util, packaging,
+                                            dependency_install.find_pytorch_utils())
     torch_run, rest_run = recorder.commands
     assert torch_run[4:6] == [PREFER_BINARY, "torch>=2.1.2"] and rest_run[5].startswith("nnunetv2>=2.5.1")
 

@@ -407,7 +407,7 @@ def test_a_request_the_engine_cannot_take_is_refused_before_starting(slicer_app,
 @pytest.mark.parametrize("version", ["5.8", "5.12"])
 def test_install_button_runs_pip_once_with_constraints(slicer_app, panel, monkeypatch, version):
     """Defect 3: the install ran ``pip install install ...`` (Slicer prepends ``install`` itself)."""
-    from totalseg_slicer import dependencies
+    from totalseg_slicer import dependencies, dependency_install
 
     installed = {"torch": "2.13.0", "nnunetv2": "2.8.1", "SimpleITK": "2.4.0", "scipy": "1.14.0",
                  "numpy": "2.0.0", "requests": "2.32.0", "vtk": "9.4.0"}
@@ -418,9 +418,7 @@ def test_install_button_runs_pip_once_with_constraints(slicer_app, panel, monkey
         monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
         monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
     monkeypatch.setattr(dependencies, "installed_version", lambda name, lookup=None: installed.get(name))
-    monkeypatch.setattr(dependencies.dependency_install if hasattr(dependencies, "dependency_install") else
-                        __import__("totalseg_slicer.dependency_install").dependency_install,
-                        "find_pytorch_utils", lambda: None)
+    monkeypatch.setattr(dependency_install, "find_pytorch_utils", lambda: None)  # no PyTorch extension
     panel.ui.installDependenciesButton.click()
     [arguments] = recorder.pip_arguments
     assert arguments[0] == "install" and arguments.count("install") == 1

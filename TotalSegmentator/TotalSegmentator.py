@@ -355,10 +355,11 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateApplyButton()
 
     def _withErrorDisplay(self, message: str, action: Callable[[], object]) -> bool:
-        """Run ``action``; on an exception show it with ``message`` (Slicer's error display) and return False."""
+        """Run ``action``; False when it raised (shown with ``message`` by Slicer's error display) or declined
+        (returned False, as ``ensureDependencies`` does when the user says no)."""
         try:
             with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
-                return bool(action())
+                return action() is not False
         except Exception:
             return False  # already shown to the user; the panel stays usable
 
@@ -420,7 +421,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSetLicense(self) -> None:
         if self._withErrorDisplay("The licence key was not stored.",
-                                  lambda: self.logic.setLicenseKey(self.ui.licenseKeyLineEdit.text.strip()) or True):
+                                  lambda: self.logic.setLicenseKey(self.ui.licenseKeyLineEdit.text.strip())):
             self.ui.statusLabel.text = "Licence key stored."
         self.updateWeightsStatus()
 
@@ -432,7 +433,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         task = self._parameterNode.task if self._parameterNode else "total"
         self._startTime = time.monotonic()
         self._withErrorDisplay(f"Downloading the weights of '{task}' failed.",
-                               lambda: self.logic.downloadWeights(task, onProgress=self.onProgress) or True)
+                               lambda: self.logic.downloadWeights(task, onProgress=self.onProgress))
         self.updateWeightsStatus()
 
     def onImportWeights(self) -> None:
@@ -443,13 +444,12 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._withErrorDisplay("Importing the weights failed.", lambda: self._importWeights(path))
         self.updateWeightsStatus()
 
-    def _importWeights(self, path: str) -> bool:
+    def _importWeights(self, path: str) -> None:
         report = self.logic.importWeights(path)
         skipped = f"; skipped {len(report.skipped)} (see the log)" if report.skipped else ""
         self.ui.statusLabel.text = f"Imported {len(report.installed)} model folder(s){skipped}."
         for item in report.skipped:
             logging.warning(f"Weights import skipped {item}")
-        return True
 
     def updateWeightsStatus(self) -> None:
         if self._parameterNode:
@@ -759,10 +759,14 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return legacy_api.quality_modes(task)
 
     def isMultiLabelSupportedForTask(self, task: str) -> bool:
-        return task in self.tasks
+        from totalseg_engine.tasks import all_tasks
+
+        return task in all_tasks()
 
     def isLicenseRequiredForTask(self, task: str) -> bool:
-        return bool(self.tasks.get(task, {}).get("requiresLicense"))
+        from totalseg_engine.tasks import all_tasks
+
+        return task in all_tasks() and all_tasks()[task].licensed
 
     def setLicense(self, licenseStr: str) -> None:
         self.setLicenseKey(licenseStr)
@@ -803,7 +807,8 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
                 detailedText=plan.describe()):
             return False
         with slicer.util.WaitCursor():
-            dependencies.install(statuses, slicer.util, _slicerPackaging(), reinstall=reinstall)
+            dependency_install.install_dependencies(plan, slicer.util, _slicerPackaging(),
+                                                    dependency_install.find_pytorch_utils())
         from totalseg_slicer import devices
 
         devices.query_devices.cache_clear()
@@ -838,11 +843,10 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
 
     def test_FastTotalOnSampleCT(self) -> None:
         self.delayDisplay("Starting the TotalSegmentator test")
-        from totalseg_slicer import dependencies
-
-        missing = dependencies.missing(dependencies.check())
-        if missing:
-            self.delayDisplay(f"Skipped: {dependencies.missing_message(missing)}")
+        try:
+            TotalSegmentatorLogic().requireDependencies()
+        except RuntimeError as missing:
+            self.delayDisplay(f"Skipped: {missing}")
             return
         from totalseg_engine import weights
         from totalseg_engine.tasks import get_task

@@ -1,7 +1,7 @@
 """``TotalSegmentator -i ct.nii.gz -o out``: the official command line, on this engine.
 
-Parses arguments (the official flags, see :mod:`cli_options`), runs :func:`pipeline.segment` once and
-writes every requested output through :func:`api.write_result`, so official scripts run unchanged; heavy
+Parses arguments (the official flags, see :mod:`cli_options`) and runs :func:`api.totalsegmentator`, which
+segments once and writes every requested output (and the preview), so official scripts run unchanged; heavy
 imports happen after parsing so ``--help`` and ``--list-tasks`` answer at once. Errors meant for the user
 are printed as one message (no traceback) with exit code 1, unsupported options exit with 2 as argparse
 errors do; a cancelled run (Ctrl+C) exits with 130.
@@ -119,12 +119,12 @@ def _segment(args: argparse.Namespace) -> int:
         check_replaceable(args.input, path, kind, ml, args)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
         image = api.totalsegmentator(
-            args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest and not args.fast,
+            args.input, args.output, ml=args.ml, task=args.task, fast=args.fast, fastest=args.fastest,
             roi_subset=args.roi_subset, roi_subset_robust=args.roi_subset_robust, robust_crop=args.robust_crop,
             body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
             higher_order_resampling=args.higher_order_resampling, statistics=args.statistics,
             stats_aggregation=args.stats_aggregation, output_type=args.output_type, device=args.device,
-            license_number=args.license_number, quiet=args.quiet, verbose=args.verbose,
+            license_number=args.license_number, quiet=args.quiet, verbose=args.verbose, preview=args.preview,
             stats_include_incomplete=args.stats_include_incomplete, runtime=args.runtime,
             overwrite=not args.no_overwrite, download=not args.offline, progress=_reporter(args))
     image = image[0] if isinstance(image, tuple) else image  # (image, statistics) with -s
@@ -133,8 +133,6 @@ def _segment(args: argparse.Namespace) -> int:
     folder = first if first_kind == "nifti" and not ml else first.parent
     if args.task == "body" and folder == first and not args.no_derived_masks:
         write_derived_body_masks(image, label_map, args.input, folder, overwrite=not args.no_overwrite)
-    if args.preview:
-        write_preview(args.input, image, label_map, folder / f"preview_{args.task}.png")
     if not args.quiet and not args.progress_json:
         print(f"Segmentation written to {', '.join(str(path) for path in targets.values())}", file=sys.stderr)
     return 0
@@ -247,11 +245,6 @@ def write_derived_body_masks(image: nib.Nifti1Image, label_map: dict[int, str], 
         imageio.write_class_files(mask, image, {1: name}, folder, overwrite=overwrite)
 
 
-def write_preview(source: Path, image: nib.Nifti1Image, label_map: dict[int, str], path: Path) -> Path:
-    """preview_<task>.png through the preview module, imported only when a preview is asked for."""
-    from .preview import write_preview as render
-
-    return render(source, image, label_map, path)
 def run() -> None:
     """Console entry point: the command as a program (exit code, SIGTERM handled)."""
     _interrupt_on_sigterm()

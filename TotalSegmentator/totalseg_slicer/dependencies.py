@@ -15,8 +15,7 @@ import importlib.metadata
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 # Packages Slicer itself provides: never upgraded or replaced by our installs. requests: SlicerNNUNet skips it
 # too, as a new version would only take effect after a restart (SlicerNNUNet InstallLogic.py:148-161).
@@ -27,7 +26,6 @@ SLICER_58_PYTHON = (3, 12)
 
 PythonVersion = tuple[int, ...]
 Lookup = Callable[[str], str]
-FIND_PYTORCH_UTILS = "find"  # install()'s default: use the PyTorch extension when it is importable
 
 
 @dataclass(frozen=True)
@@ -167,35 +165,6 @@ def constraints_text(lookup: Lookup = importlib.metadata.version) -> str:
         if version:
             pins.append(f"{name}=={version}")
     return "\n".join(pins) + "\n"
-
-
-def pip_arguments(statuses: list[Status], constraints_file: Path) -> list[str]:
-    """What to pass to Slicer 5.8/5.10's ``slicer.util.pip_install`` (which adds ``install`` itself) to install
-    every missing requirement except torch and Slicer's own packages, constrained; [] when there is none.
-
-    Kept for callers of the old API; ``dependency_install`` has the whole plan (pins, torch, Slicer 5.12).
-    """
-    from .dependency_install import legacy_pip_arguments, plan_install
-
-    steps = plan_install(statuses).steps
-    return legacy_pip_arguments(steps[0], constraints_file) if steps else []
-
-
-def install(statuses: list[Status], util_module: Any, packaging_module: Optional[Any] = None,
-            reinstall: bool = False, pytorch_utils: Any = FIND_PYTORCH_UTILS) -> Any:
-    """Plan and carry out the install of what ``statuses`` lack; returns the ``dependency_install.InstallPlan``.
-
-    ``util_module``: ``slicer.util``; ``packaging_module``: ``slicer.packaging`` on Slicer 5.12+, else None;
-    ``pytorch_utils``: the ``PyTorchUtils`` module, None for plain pip, or by default whichever is importable.
-    Raises ``dependency_install.DependencyInstallError`` (a RuntimeError) naming what failed and what to do.
-    """
-    from . import dependency_install
-
-    if pytorch_utils == FIND_PYTORCH_UTILS:
-        pytorch_utils = dependency_install.find_pytorch_utils()
-    plan = dependency_install.plan_install(statuses, reinstall=reinstall)
-    dependency_install.install_dependencies(plan, util_module, packaging_module, pytorch_utils)
-    return plan
 
 
 def missing_message(bad: list[Status]) -> str:

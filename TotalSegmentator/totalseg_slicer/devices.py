@@ -13,8 +13,10 @@ import functools
 import json
 import logging
 
+from totalseg_engine.devices import AUTO, CPU
+
 DEVICES_MODULE = "totalseg_engine.devices"
-FALLBACK = (("auto (GPU if available)", "auto"), ("CPU", "cpu"))
+FALLBACK = (AUTO, CPU)  # what the child itself answers without torch
 DEFAULT_TIMEOUT_S = 60.0  # a cold torch import with CUDA takes several seconds on Windows
 log = logging.getLogger(__name__)
 
