@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from model_factory import SMALL, TINY, write_model_folder
-from totalseg_engine import geometry, runtimes, sliding_window
+from totalseg_engine import geometry, prediction, runtimes, sliding_window
 from totalseg_engine.errors import ModelPlansError, TotalSegmentatorError
 from totalseg_engine.nnunet_plans import read_model_plans
 from totalseg_engine.prediction import ModelRunner, SlidingWindowRunner, make_runner, resolve_device
@@ -28,6 +28,7 @@ from totalseg_engine.prediction import ModelRunner, SlidingWindowRunner, make_ru
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right", 5: "aorta"}
 HAS_ORT = runtimes.onnxruntime_available()
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+needs_openvino = pytest.mark.skipif(not runtimes.openvino_available(), reason="openvino is not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -181,13 +182,14 @@ def test_single_tile_labels_equal_nnunet_exactly(ct_model, ct_crop):
     np.testing.assert_array_equal(ours, expected)
 
 
-@needs_ort
-def test_onnxruntime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_crop):
+@pytest.mark.parametrize("runtime", [pytest.param("onnxruntime", marks=needs_ort),
+                                     pytest.param("openvino", marks=needs_openvino)])
+def test_exported_runtime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_crop, runtime):
     reference_runner, half_logits, bbox = nnunet_half_logits(ct_model, ct_crop)
     expected = reference_runner.predict([ct_crop], (3.0, 3.0, 3.0))
     ticks = []
-    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, "onnxruntime").predict([ct_crop], (3.0, 3.0, 3.0),
-                                                                              lambda d, t: ticks.append((d, t)))
+    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, runtime).predict([ct_crop], (3.0, 3.0, 3.0),
+                                                                         lambda d, t: ticks.append((d, t)))
     assert ticks[-1][0] == ticks[-1][1] == len(ticks) > 1
     differ = geometry.to_nnunet([ours != expected], (3.0, 3.0, 3.0)).data[0]
     crop = tuple(slice(lo, hi) for lo, hi in bbox)
@@ -195,7 +197,7 @@ def test_onnxruntime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_cr
     outside[crop] = False
     assert outside.any() and not differ[outside].any()
     _, gap = top_two(half_logits)
-    assert np.all(gap[differ[crop]] < 0.05)  # ONNX Runtime's logits differ from torch's by about 1e-3
+    assert np.all(gap[differ[crop]] < 0.05)  # the exported network's logits differ from torch's by about 1e-3
     assert differ.mean() < 0.005
 
 
@@ -296,14 +298,58 @@ def test_runtime_choice(ct_model, monkeypatch):
     assert isinstance(make_runner(ct_model, [0], "cpu", 0.5, runtime="torch"), SlidingWindowRunner)
     assert isinstance(make_runner(ct_model, [0], "cpu", 0.5, runtime="nnunet"), ModelRunner)
     auto = make_runner(ct_model, [0], "cpu", 0.5)
-    assert isinstance(auto, SlidingWindowRunner) and auto.runtime == "torch"
+    assert isinstance(auto, SlidingWindowRunner) and auto.runtime == "torch"  # bit-identical labels by default
+    monkeypatch.setattr(prediction, "AUTO_CPU_RUNTIME", "onnxruntime")
+    assert make_runner(ct_model, [0], "cpu", 0.5).runtime == ("onnxruntime" if HAS_ORT else "torch")
     if HAS_ORT:
         assert make_runner(ct_model, [0], "cpu", 0.5, runtime="onnxruntime").runtime == "onnxruntime"
-    with pytest.raises(TotalSegmentatorError, match="Unknown runtime 'tensorrt'.*auto, onnxruntime, torch, nnunet"):
+    with pytest.raises(TotalSegmentatorError,
+                       match="Unknown runtime 'tensorrt'.*auto, onnxruntime, openvino, torch, nnunet"):
         make_runner(ct_model, [0], "cpu", 0.5, runtime="tensorrt")
     monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
     with pytest.raises(TotalSegmentatorError, match="pip install onnxruntime"):
         make_runner(ct_model, [0], "cpu", 0.5, runtime="onnxruntime")
+    assert make_runner(ct_model, [0], "cpu", 0.5).runtime == "torch"  # auto without ONNX Runtime
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
+    with pytest.raises(TotalSegmentatorError, match="pip install openvino"):
+        make_runner(ct_model, [0], "cpu", 0.5, runtime="openvino")
+
+
+def _broken_export(monkeypatch) -> None:
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+
+
+def _broken_onnxruntime(monkeypatch) -> None:
+    """What Windows users see when ONNX Runtime's DLLs do not load."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def refuse(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("DLL load failed while importing onnxruntime_pybind11_state")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+
+
+@needs_ort
+@pytest.mark.parametrize("breakage,message", [(_broken_export, "exporter broke"),
+                                              (_broken_onnxruntime, "DLL load failed")])
+def test_auto_runs_torch_when_onnxruntime_cannot(ct_model, ct_crop, onnx_cache, monkeypatch, breakage, message):
+    """An old torch whose exporter cannot trace the network, or a broken install, costs speed, not the run."""
+    monkeypatch.setattr(prediction, "AUTO_CPU_RUNTIME", "onnxruntime")
+    breakage(monkeypatch)
+    with pytest.warns(UserWarning, match=f"{message}.*in torch instead"):
+        auto = make_runner(ct_model, [0], "cpu", 0.5)
+    assert auto.runtime == "torch"
+    torch_labels = SlidingWindowRunner(ct_model, [0], 0.5).predict([ct_crop], (3.0, 3.0, 3.0))
+    np.testing.assert_array_equal(auto.predict([ct_crop], (3.0, 3.0, 3.0)), torch_labels)
 
 
 @pytest.mark.parametrize("change,reason", [

@@ -53,3 +53,26 @@ def child_env(home: Path) -> dict:
     """Environment of both tools' processes: one weights folder, our engine importable, no proxies."""
     path = os.pathsep.join(p for p in (str(ROOT / "TotalSegmentator"), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "TOTALSEG_HOME_DIR": str(home), "no_proxy": "*", "PYTHONPATH": path}
+
+
+def large_chest(folder: Path) -> Path:
+    """chest_cta as a scanner's 512x512 slices hold it: 0.78 mm in-plane (400 mm field), air around, 1.5 mm apart."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    target = folder / "chest_large.nii.gz"
+    if target.exists():
+        return target
+    ct = nib.load(DATA / "chest_cta_1.5mm.nii.gz")
+    spacing = np.array([400 / 512, 400 / 512, 1.5])
+    zoom = np.asarray(ct.header.get_zooms()[:3]) / spacing
+    data = ndimage.zoom(np.asanyarray(ct.dataobj).astype(np.float32), zoom, order=1)
+    out = np.full((512, 512, data.shape[2]), -1024, dtype=np.int16)
+    offset = [(512 - s) // 2 for s in data.shape[:2]]
+    out[offset[0]:offset[0] + data.shape[0], offset[1]:offset[1] + data.shape[1]] = np.round(data)
+    affine = ct.affine.copy()
+    affine[:3, :3] = ct.affine[:3, :3] / zoom
+    affine[:3, 3] -= affine[:3, :2] @ np.array(offset, dtype=float)
+    nib.save(nib.Nifti1Image(out, affine), target)
+    return target

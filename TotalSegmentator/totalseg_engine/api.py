@@ -60,9 +60,9 @@ def totalsegmentator(
     ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
     "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
     per class; a list of output types writes one file of each beside ``output``. Existing outputs are kept
-    unless ``overwrite`` is set. ``runtime`` chooses what runs the network on the CPU: "auto" or "torch"
-    (labels identical to the official tool's), "onnxruntime" (faster, not bit-identical), or "nnunet"
-    (nnU-Net's own predictor, as the official package runs it).
+    unless ``overwrite`` is set. ``runtime`` chooses what runs the network on the CPU: "auto" or
+    "torch" (labels identical to the official tool's), "onnxruntime" or "openvino" (faster forward passes, not
+    bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
     """
     api_options.check_unsupported({
         "radiomics": radiomics, "v1_order": v1_order,

@@ -18,7 +18,7 @@ from . import __version__
 # Output types of api.OUTPUT_TYPES, repeated so that --help answers without importing the engine.
 OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
 # prediction.RUNTIMES, repeated for the same reason.
-RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "nnunet")
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--preview", action="store_true", help="Also write preview_<task>.png beside the output.")
     p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (default gpu, CPU if none).")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                   help="What runs the network on the CPU: auto or torch (identical to the official labels), "
-                        "onnxruntime (faster, not bit-identical), or nnunet (nnU-Net's own predictor). "
-                        "GPUs always use nnU-Net's.")
+                   help="What runs the network on the CPU: auto or torch (labels bit-identical to the official "
+                        "tool's), onnxruntime or openvino (faster forward passes, not bit-identical), or nnunet "
+                        "(nnU-Net's own predictor). GPUs always use nnU-Net's.")
     p.add_argument("-l", "--license_number", help="Licence key for licensed tasks (stored for later runs).")
     overwrite = p.add_mutually_exclusive_group()
     overwrite.add_argument("--overwrite", action="store_true",

@@ -33,9 +33,11 @@ from .nnunet_plans import read_model_plans
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 
 CHECKPOINT = runtimes.CHECKPOINT
-# auto: torch on the CPU (labels bit-identical to nnU-Net's), nnU-Net's own predictor on a GPU. onnxruntime is
-# faster on a CPU but its logits differ by ~1e-3, which moves some near-tie voxels (see README, Performance).
-RUNTIMES = ("auto", "onnxruntime", "torch", "nnunet")
+# auto: torch on the CPU (labels bit-identical to nnU-Net's), nnU-Net's own predictor on a GPU. ONNX Runtime is
+# faster on a CPU but not bit-identical; it becomes the CPU default (AUTO_CPU_RUNTIME, with a fallback to torch)
+# once its parity on trained weights is shown (see README, Performance).
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "nnunet")
+AUTO_CPU_RUNTIME = "torch"
 _NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
 # nnunetv2 (>= 2.3.1) warns on every plans file in the format before 2.3, which most released weights use, and
 # converts it; TotalSegmentator hides the warning too.
@@ -179,14 +181,23 @@ class SlidingWindowRunner:
                  configuration: Optional[str] = None, runtime: str = "torch") -> None:
         self.model_dir = Path(model_dir)
         self.tile_step_size = tile_step_size
-        self.runtime = runtime
         self.plans = read_model_plans(self.model_dir, configuration)
         self.folds = list(folds) if folds is not None else _available_folds(self.model_dir)
-        onnx = runtime == "onnxruntime"
-        make = runtimes.onnx_forward if onnx else runtimes.torch_forward
-        self._forwards = [make(self.model_dir, fold, self.plans) for fold in self.folds]
-        self._casts = runtimes.onnx_half_casts() if onnx else runtimes.torch_half_casts()
+        self._forwards = self._load(runtime)
+        self._casts = runtimes.half_casts(self.runtime)
         self._resampling_runner: Optional[ModelRunner] = None
+
+    def _load(self, runtime: str) -> list[runtimes.Forward]:
+        """Each fold's forward pass; "auto" takes ONNX Runtime where installed, torch where it cannot export."""
+        self.runtime = cpu_runtime(runtime)
+        try:
+            return [runtimes.FORWARDS[self.runtime](self.model_dir, fold, self.plans) for fold in self.folds]
+        except (TotalSegmentatorError, ImportError, OSError) as err:  # no export, or a runtime that cannot load
+            if runtime != "auto" or self.runtime == "torch":
+                raise
+            warnings.warn(f"{err} Running {self.model_dir.name} in torch instead.", stacklevel=3)
+            self.runtime = "torch"
+            return [runtimes.torch_forward(self.model_dir, fold, self.plans) for fold in self.folds]
 
     @property
     def num_input_channels(self) -> int:
@@ -221,7 +232,7 @@ def make_runner(model_dir: Path, folds: Optional[Sequence[int]], device: str, ti
     if device == "cpu" and runtime != "nnunet":
         reason = read_model_plans(model_dir, configuration).unsupported_reason()
         if reason is None:
-            return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, cpu_runtime(runtime))
+            return SlidingWindowRunner(model_dir, folds, tile_step_size, configuration, runtime)
         warnings.warn(f"{Path(model_dir).name} runs through nnU-Net's own predictor: {reason}.", stacklevel=2)
     import torch
 
@@ -238,12 +249,19 @@ def check_runtime(runtime: str) -> str:
     if name == "onnxruntime" and not runtimes.onnxruntime_available():
         raise TotalSegmentatorError("The runtime 'onnxruntime' needs the onnxruntime and onnx packages: "
                                     "pip install onnxruntime onnx (or choose --runtime torch).")
+    if name == "openvino" and not runtimes.openvino_available():
+        raise TotalSegmentatorError("The runtime 'openvino' needs the openvino and onnx packages: "
+                                    "pip install openvino onnx (or choose --runtime torch).")
     return name
 
 
 def cpu_runtime(runtime: str) -> str:
-    """What runs the forward passes on the CPU: torch unless ONNX Runtime was asked for."""
-    return "torch" if runtime == "auto" else runtime
+    """What runs the forward passes on the CPU: for "auto", AUTO_CPU_RUNTIME where it is installed, else torch."""
+    if runtime != "auto":
+        return runtime
+    if AUTO_CPU_RUNTIME == "onnxruntime" and runtimes.onnxruntime_available():
+        return AUTO_CPU_RUNTIME
+    return "torch"
 
 
 def _available_folds(model_dir: Path) -> list[int]:
