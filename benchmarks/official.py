@@ -49,6 +49,11 @@ def build_weights(home: Path, plans_format: Optional[str] = None) -> None:
                           plans_format=plans_format)
 
 
+def input_path(name: str, work: Path) -> Path:
+    """An input the scripts derive into their work folder (LPS, anisotropic, chest_large), else a shared one."""
+    return work / name if (work / name).exists() else DATA / name
+
+
 def child_env(home: Path) -> dict:
     """Environment of both tools' processes: one weights folder, our engine importable, no proxies."""
     path = os.pathsep.join(p for p in (str(ROOT / "TotalSegmentator"), os.environ.get("PYTHONPATH")) if p)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from official import DATA, ROOT, build_weights, child_env, official_venv
+from official import DATA, ROOT, build_weights, child_env, input_path, official_venv
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,10 @@ def run(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def input_path(case: Case, work: Path) -> Path:
-    return work / case.input if (work / case.input).exists() else DATA / case.input
-
-
 def run_case(case: Case, folder: Path, work: Path, official_bin: Path, env: dict, device: str,
              runtimes: list[str], plans_format: str, reuse_official: bool = False) -> list[Outcome]:
     """Run the official tool once and ours once per runtime on one weights folder; compare each with it."""
-    source = input_path(case, work)
+    source = input_path(case.input, work)
     common = ["-i", str(source), "--ml", "-d", device, *case.flags] + (["--statistics"] if case.statistics else [])
     official = 0.0
     (folder / "official").mkdir(parents=True, exist_ok=True)

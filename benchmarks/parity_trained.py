@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from official import DATA, ROOT, child_env, large_chest, official_venv
+from official import ROOT, child_env, input_path, large_chest, official_venv
 from parity import derived_inputs, run
 from train_fixture import DEFAULT_HOME
 
@@ -123,7 +123,7 @@ def main() -> None:
           f"{'differing voxels':>18}  lowest class")
     for case in args.cases:
         name, flags = CASES[case]
-        source = args.work / name if (args.work / name).exists() else DATA / name
+        source = input_path(name, args.work)
         folder = args.work / case
         if args.fresh:
             for old in folder.glob("official*.nii.gz"):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench_engine import forward_seconds
-from official import DATA, ROOT, build_weights, child_env, large_chest, official_venv
+from official import ROOT, build_weights, child_env, input_path, large_chest, official_venv
 from timed_engine import parse_forward
 from train_fixture import DEFAULT_HOME
 
@@ -117,13 +117,9 @@ class Repeated:
         return min(m.peak_mib for m in self.runs), max(m.peak_mib for m in self.runs)
 
 
-def source(case: Case, work: Path) -> Path:
-    return work / case.input if (work / case.input).exists() else DATA / case.input
-
-
 def time_ours(case: Case, runtime: str, work: Path, env: dict, device: str, repeats: int) -> Repeated:
     """Timed runs of our CLI, after a warm-up run that makes the runtime's one-time ONNX export."""
-    common = ["-i", str(source(case, work)), "--ml", "-d", device, *case.flags, "--overwrite", "--offline",
+    common = ["-i", str(input_path(case.input, work)), "--ml", "-d", device, *case.flags, "--overwrite", "--offline",
               "--runtime", runtime]
     command = [sys.executable, str(ROOT / "benchmarks" / "timed_engine.py"), *common, "--progress-json"]
     warm = work / f"{case.name}_{runtime}_warm-up.nii.gz"
@@ -135,7 +131,7 @@ def time_ours(case: Case, runtime: str, work: Path, env: dict, device: str, repe
 
 def time_official(case: Case, official_bin: Path, work: Path, env: dict, device: str, repeats: int) -> Repeated:
     out = work / f"{case.name}_official.nii.gz"
-    command = [str(official_bin / "TotalSegmentator"), "-i", str(source(case, work)), "--ml", "-d", device,
+    command = [str(official_bin / "TotalSegmentator"), "-i", str(input_path(case.input, work)), "--ml", "-d", device,
                *case.flags, "-o", str(out)]
     return Repeated([measure(command, env) for _ in range(repeats)])
 
@@ -143,7 +139,7 @@ def time_official(case: Case, official_bin: Path, work: Path, env: dict, device:
 def official_forward(case: Case, device: str, work: Path) -> float:
     """The official's forward passes: the same torch network in nnU-Net's predictor, on the same tiles."""
     speed = "fast" if "--fast" in case.flags else "normal"
-    return forward_seconds(source(case, work), "total", speed, device, "nnunet", case.flags)[0]
+    return forward_seconds(input_path(case.input, work), "total", speed, device, "nnunet", case.flags)[0]
 
 
 def row(name: str, ours: Repeated, official: Optional[Repeated]) -> str:

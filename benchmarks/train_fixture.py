@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -84,17 +84,19 @@ def load_cases(plans) -> list[Case]:
     return cases
 
 
+def random_centre(labels: np.ndarray, class_share: float, rng: np.random.Generator) -> np.ndarray:
+    """A voxel of a random class with probability ``class_share`` (small organs get seen too), else any voxel."""
+    present = np.unique(labels)
+    if rng.random() < class_share and present.size > 1:
+        voxels = np.argwhere(labels == rng.choice(present[present > 0]))
+        return voxels[rng.integers(len(voxels))]
+    return np.array([rng.integers(s) for s in labels.shape])
+
+
 def sample_patch(case: Case, patch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random patch, centred half of the time on a voxel of a random class (small organs get seen too)."""
+    """A random patch, centred half of the time on a voxel of a random class, padded to the patch size."""
     shape = np.array(case.image.shape)
-    if rng.random() < 0.5:
-        present = np.unique(case.labels)
-        target = rng.choice(present[present > 0]) if present.size > 1 else 0
-        voxels = np.argwhere(case.labels == target)
-        centre = voxels[rng.integers(len(voxels))]
-    else:
-        centre = np.array([rng.integers(s) for s in shape])
-    start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+    start = np.clip(random_centre(case.labels, 0.5, rng) - patch // 2, 0, np.maximum(shape - patch, 0))
     region = tuple(slice(s, s + patch) for s in start)
     image, labels = case.image[region], case.labels[region]
     pad = [(0, patch - s) for s in image.shape]
@@ -138,8 +140,9 @@ def deep_supervision_loss(stages: int):
     return DeepSupervisionWrapper(dice_ce_loss(), weights / weights.sum())
 
 
-def train(network, cases: list[Case], seconds: float, patch: int, batch: int, lr: float, seed: int) -> list[float]:
-    """AdamW on the deep-supervision loss, with a cosine learning rate over the time budget.
+def timed_training(parameters: list, step, seconds: float, lr: float, seed: int, clip: Optional[float] = None,
+                   name: str = "step", every: int = 20) -> list[float]:
+    """AdamW on ``step(rng)``'s loss for ``seconds``, with a cosine learning rate over that time.
 
     glibc keeps freed activations in the heap meanwhile (``allocator``): a quarter less time per step here.
     """
@@ -147,28 +150,41 @@ def train(network, cases: list[Case], seconds: float, patch: int, batch: int, lr
     from totalseg_engine.allocator import reuse_freed_memory
 
     rng = np.random.default_rng(seed)
-    loss_fn = deep_supervision_loss(len(network.decoder.stages) + 1)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=3e-5)
+    optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=3e-5)
     losses: list[float] = []
     start = time.perf_counter()
     with reuse_freed_memory():
         while (elapsed := time.perf_counter() - start) < seconds:
             for group in optimiser.param_groups:
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(1.0, elapsed / seconds)))
-            pairs = [sample_patch(cases[int(rng.integers(len(cases)))], patch, rng) for _ in range(batch)]
-            x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None].astype(np.float32))
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-            outputs = network(x)
-            targets = [y[(..., *[slice(None, None, 2**i)] * 3)] for i in range(len(outputs))]  # nearest, as nnU-Net
-            loss = loss_fn(outputs, targets)
+            loss = step(rng)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, clip)
             optimiser.step()
             losses.append(loss.item())
-            if len(losses) % 20 == 0:
-                print(f"  step {len(losses):5d}  {elapsed / 60:5.1f} min  loss {np.mean(losses[-20:]):.3f}",
+            if len(losses) % every == 0:
+                print(f"  {name} {len(losses):5d}  {elapsed / 60:5.1f} min  loss {np.mean(losses[-every:]):.3f}",
                       flush=True)
+    return losses
+
+
+def train(network, cases: list[Case], seconds: float, patch: int, batch: int, lr: float, seed: int) -> list[float]:
+    """The whole network on random patches, with the deep-supervision loss."""
+    import torch
+
+    loss_fn = deep_supervision_loss(len(network.decoder.stages) + 1)
+
+    def step(rng: np.random.Generator):
+        pairs = [sample_patch(cases[int(rng.integers(len(cases)))], patch, rng) for _ in range(batch)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+        outputs = network(x)
+        targets = [y[(..., *[slice(None, None, 2**i)] * 3)] for i in range(len(outputs))]  # nearest, as nnU-Net
+        return loss_fn(outputs, targets)
+
+    losses = timed_training(list(network.parameters()), step, seconds, lr, seed, clip=12)
     network.decoder.deep_supervision = False
     return losses
 
@@ -232,7 +248,6 @@ def train_head(network, cases: list[Case], plans, seconds: float, crop: int, lr:
     the whole network: on 2 cores that is the difference between hundreds and thousands of steps an hour.
     """
     import torch
-    from totalseg_engine.allocator import reuse_freed_memory
 
     network.eval()
     windows = [Window(*last_stage_inputs(network, image), labels)
@@ -248,28 +263,16 @@ def train_head(network, cases: list[Case], plans, seconds: float, crop: int, lr:
     for parameter in trainable:
         parameter.requires_grad_(True)
     loss_fn = dice_ce_loss()
-    optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=3e-5)
-    rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    with reuse_freed_memory():
-        while (elapsed := time.perf_counter() - start) < seconds:
-            for group in optimiser.param_groups:
-                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(1.0, elapsed / seconds)))
-            window = windows[int(rng.choice(len(windows), p=odds))]
-            corner = _crop_corner(window.labels, crop, rng)
-            full = tuple(slice(c, c + crop) for c in corner)
-            half = tuple(slice(c // 2, (c + crop) // 2) for c in corner)
-            logits = head_forward(network, window.low[(..., *half)], window.skip[(..., *full)])
-            target = torch.from_numpy(window.labels[full][None, None])
-            loss = loss_fn(logits, target)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-            if len(losses) % 50 == 0:
-                print(f"  head step {len(losses):5d}  {elapsed / 60:5.1f} min  loss {np.mean(losses[-50:]):.3f}",
-                      flush=True)
+
+    def step(rng: np.random.Generator):
+        window = windows[int(rng.choice(len(windows), p=odds))]
+        corner = _crop_corner(window.labels, crop, rng)
+        full = tuple(slice(c, c + crop) for c in corner)
+        half = tuple(slice(c // 2, (c + crop) // 2) for c in corner)
+        logits = head_forward(network, window.low[(..., *half)], window.skip[(..., *full)])
+        return loss_fn(logits, torch.from_numpy(window.labels[full][None, None]))
+
+    losses = timed_training(trainable, step, seconds, lr, seed, name="head step", every=50)
     for parameter in network.parameters():
         parameter.requires_grad_(True)
     return losses
@@ -277,14 +280,7 @@ def train_head(network, cases: list[Case], plans, seconds: float, crop: int, lr:
 
 def _crop_corner(labels: np.ndarray, crop: int, rng: np.random.Generator) -> list[int]:
     """An even corner (the half-resolution input must line up), mostly centred on a random class."""
-    shape = np.array(labels.shape)
-    present = np.unique(labels)
-    if rng.random() < 0.7 and present.size > 1:
-        voxels = np.argwhere(labels == rng.choice(present[present > 0]))
-        centre = voxels[rng.integers(len(voxels))]
-    else:
-        centre = np.array([rng.integers(s) for s in shape])
-    corner = np.clip(centre - crop // 2, 0, shape - crop)
+    corner = np.clip(random_centre(labels, 0.7, rng) - crop // 2, 0, np.array(labels.shape) - crop)
     return [int(c) // 2 * 2 for c in corner]
 
 

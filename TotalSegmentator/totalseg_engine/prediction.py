@@ -196,8 +196,7 @@ class SlidingWindowRunner:
             if runtime != "auto" or self.runtime == "torch":
                 raise
             warnings.warn(f"{err} Running {self.model_dir.name} in torch instead.", stacklevel=3)
-            self.runtime = "torch"
-            return [runtimes.torch_forward(self.model_dir, fold, self.plans) for fold in self.folds]
+            return self._load("torch")
 
     @property
     def num_input_channels(self) -> int:
@@ -242,16 +241,13 @@ def make_runner(model_dir: Path, folds: Optional[Sequence[int]], device: str, ti
 
 
 def check_runtime(runtime: str) -> str:
-    """A valid runtime name, or an error that lists them and says how to get ONNX Runtime."""
+    """A valid runtime name, or an error that lists them or says which packages the runtime needs."""
     name = (runtime or "auto").strip().lower()
     if name not in RUNTIMES:
         raise TotalSegmentatorError(f"Unknown runtime '{runtime}'. Use one of: {', '.join(RUNTIMES)}.")
-    if name == "onnxruntime" and not runtimes.onnxruntime_available():
-        raise TotalSegmentatorError("The runtime 'onnxruntime' needs the onnxruntime and onnx packages: "
-                                    "pip install onnxruntime onnx (or choose --runtime torch).")
-    if name == "openvino" and not runtimes.openvino_available():
-        raise TotalSegmentatorError("The runtime 'openvino' needs the openvino and onnx packages: "
-                                    "pip install openvino onnx (or choose --runtime torch).")
+    if not runtimes.runtime_installed(name):
+        raise TotalSegmentatorError(f"The runtime '{name}' needs the {name} and onnx packages: "
+                                    f"pip install {name} onnx (or choose --runtime torch).")
     return name
 
 
@@ -259,9 +255,7 @@ def cpu_runtime(runtime: str) -> str:
     """What runs the forward passes on the CPU: for "auto", AUTO_CPU_RUNTIME where it is installed, else torch."""
     if runtime != "auto":
         return runtime
-    if AUTO_CPU_RUNTIME == "onnxruntime" and runtimes.onnxruntime_available():
-        return AUTO_CPU_RUNTIME
-    return "torch"
+    return AUTO_CPU_RUNTIME if runtimes.runtime_installed(AUTO_CPU_RUNTIME) else "torch"
 
 
 def _available_folds(model_dir: Path) -> list[int]:

@@ -33,14 +33,24 @@ Forward = Callable[[np.ndarray], np.ndarray]
 NETWORK_MODULE = "dynamic_network_architectures.architectures.unet"
 
 
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in modules)
+
+
 def onnxruntime_available() -> bool:
     """ONNX Runtime and the onnx package (torch's exporter writes through it) are both installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return _installed("onnxruntime", "onnx")
 
 
 def openvino_available() -> bool:
     """OpenVINO and the onnx package (for the export it reads) are both installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("openvino", "onnx"))
+    return _installed("openvino", "onnx")
+
+
+def runtime_installed(runtime: str) -> bool:
+    """Whether a CPU runtime's packages are there (torch's always are: it makes the exports)."""
+    exported = {"onnxruntime": onnxruntime_available, "openvino": openvino_available}
+    return exported[runtime]() if runtime in exported else True
 
 
 def checkpoint_path(model_dir: Path, fold: int) -> Path:
