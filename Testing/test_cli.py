@@ -166,3 +166,23 @@ def test_output_exists_needs_overwrite(home, data_dir, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and target.read_bytes() == b"keep me"
     assert cli.main([*argv, "--overwrite"]) == 0
     assert nib.load(target).shape == nib.load(data_dir / "example_ct_sm.nii.gz").shape
+
+
+def test_a_multilabel_output_without_suffix_is_written_as_nii_like_the_official(home, data_dir, tmp_path, capsys):
+    """The official saves --ml with nibabel, which adds .nii to a name without one; a script relying on that works."""
+    write_task_models(paths.weights_dir(), "total", "fast", SMALL_3MM, seed=5)
+    argv = ["-i", str(data_dir / "example_ct_sm.nii.gz"), "--ml", "--fast", "-d", "cpu", "--offline"]
+    assert cli.main([*argv, "-o", str(tmp_path / "case00")]) == 0, capsys.readouterr().err
+    assert str(tmp_path / "case00.nii") in capsys.readouterr().err
+    assert nib.load(tmp_path / "case00.nii").shape == nib.load(data_dir / "example_ct_sm.nii.gz").shape
+    assert imageio.read_label_map(tmp_path / "case00.nii") == tasks.get_task("total").classes
+
+
+def test_a_multilabel_output_with_another_suffix_is_refused_before_computing(home, data_dir, tmp_path, capsys):
+    """nibabel (and so the official) fails on seg.txt only after the whole run; here before any model loads."""
+    argv = ["-i", str(data_dir / "example_ct_sm.nii.gz"), "-o", str(tmp_path / "seg.txt"), "--ml", "--fast",
+            "-d", "cpu", "--offline"]  # no weights installed: a run would fail on them, not on the name
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "seg.txt" in err and ".nii.gz" in err and "weights" not in err.lower()
+    assert list(tmp_path.iterdir()) == []

@@ -183,13 +183,16 @@ def test_single_tile_labels_equal_nnunet_exactly(ct_model, ct_crop):
 
 
 @pytest.mark.parametrize("runtime", [pytest.param("onnxruntime", marks=needs_ort),
-                                     pytest.param("openvino", marks=needs_openvino)])
-def test_exported_runtime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_crop, runtime):
+                                     pytest.param("openvino", marks=needs_openvino), "torch_compile"])
+def test_faster_runtime_labels_differ_from_nnunet_only_at_near_ties(ct_model, ct_crop, runtime, utf8_locale):
     reference_runner, half_logits, bbox = nnunet_half_logits(ct_model, ct_crop)
     expected = reference_runner.predict([ct_crop], (3.0, 3.0, 3.0))
     ticks = []
-    ours = SlidingWindowRunner(ct_model, [0], 0.5, None, runtime).predict([ct_crop], (3.0, 3.0, 3.0),
-                                                                         lambda d, t: ticks.append((d, t)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = SlidingWindowRunner(ct_model, [0], 0.5, None, runtime).predict([ct_crop], (3.0, 3.0, 3.0),
+                                                                             lambda d, t: ticks.append((d, t)))
+    assert not [w for w in caught if "plain torch" in str(w.message)]  # the runtime itself ran
     assert ticks[-1][0] == ticks[-1][1] == len(ticks) > 1
     differ = geometry.to_nnunet([ours != expected], (3.0, 3.0, 3.0)).data[0]
     crop = tuple(slice(lo, hi) for lo, hi in bbox)
@@ -304,7 +307,7 @@ def test_runtime_choice(ct_model, monkeypatch):
     if HAS_ORT:
         assert make_runner(ct_model, [0], "cpu", 0.5, runtime="onnxruntime").runtime == "onnxruntime"
     with pytest.raises(TotalSegmentatorError,
-                       match="Unknown runtime 'tensorrt'.*auto, onnxruntime, openvino, torch, nnunet"):
+                       match="Unknown runtime 'tensorrt'.*auto, onnxruntime, openvino, torch, torch_compile, nnunet"):
         make_runner(ct_model, [0], "cpu", 0.5, runtime="tensorrt")
     monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
     with pytest.raises(TotalSegmentatorError, match="pip install onnxruntime"):
@@ -313,6 +316,42 @@ def test_runtime_choice(ct_model, monkeypatch):
     monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
     with pytest.raises(TotalSegmentatorError, match="pip install openvino"):
         make_runner(ct_model, [0], "cpu", 0.5, runtime="openvino")
+
+
+@pytest.fixture
+def utf8_locale():
+    """Some tests leave the process in the C locale (a library sets it); torch.compile's first use needs UTF-8
+    (without it the runtime falls back to plain torch, tested below), and this test is about compiled labels."""
+    import locale
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+    yield
+    locale.setlocale(locale.LC_CTYPE, before)
+
+
+def _fails_on_first_pass(network, **kwargs):
+    def compiled(*args):
+        raise RuntimeError("Compiler: cl is not found.")  # inductor's message on Windows without MSVC
+    return compiled
+
+
+def _fails_to_compile(network, **kwargs):  # torch 2.13 under LANG=C: inductor's templates do not decode
+    raise UnicodeDecodeError("ascii", b"\xe2", 0, 1, "ordinal not in range(128)")
+
+
+@pytest.mark.parametrize("compile_stand_in, message", [(_fails_on_first_pass, "cl is not found"),
+                                                      (_fails_to_compile, "UnicodeDecodeError")])
+def test_a_network_that_does_not_compile_runs_in_plain_torch(ct_model, ct_crop, monkeypatch, compile_stand_in,
+                                                             message):
+    """Where inductor cannot build its kernels (no C++ compiler, as on most Windows machines, or an ASCII locale),
+    the run goes on in plain torch, with the same labels, and says so once."""
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    expected = SlidingWindowRunner(ct_model, [0], 0.5, None, "torch").predict([ct_crop], (3.0, 3.0, 3.0))
+    with pytest.warns(UserWarning, match=f"torch.compile failed.*{message}.*plain torch") as caught:
+        ours = SlidingWindowRunner(ct_model, [0], 0.5, None, "torch_compile").predict([ct_crop], (3.0, 3.0, 3.0))
+    np.testing.assert_array_equal(ours, expected)
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
 
 
 def _broken_export(monkeypatch) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterator, Optional
@@ -40,6 +41,7 @@ def _glibc() -> Optional[ctypes.CDLL]:
 
 
 _depth = 0
+_depth_lock = threading.Lock()
 
 
 @contextmanager
@@ -51,21 +53,26 @@ def reuse_freed_memory() -> Iterator[None]:
     """
     global _depth
     libc = _glibc()
-    if libc is None or (_depth == 0 and not _keep(libc)):
+    with _depth_lock:  # totalseg_batch's workers run two cases in two threads: one count for both
+        if libc is None or (_depth == 0 and not _keep(libc)):
+            libc = None
+        elif _depth > 0:  # blocks freed since the outer one began would add to this one's peak: give them back
+            libc.malloc_trim(0)
+        if libc is not None:
+            _depth += 1
+    if libc is None:
         yield
         return
-    if _depth > 0:  # blocks freed since the outer one began would add to this one's peak: give them back
-        libc.malloc_trim(0)
-    _depth += 1
     try:
         yield
     finally:
-        _depth -= 1
-        if _depth == 0:
-            libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-            libc.mallopt(M_ARENA_MAX, 0)
-            libc.malloc_trim(0)
+        with _depth_lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+                libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+                libc.mallopt(M_ARENA_MAX, 0)
+                libc.malloc_trim(0)
 
 
 def _keep(libc: ctypes.CDLL) -> bool:

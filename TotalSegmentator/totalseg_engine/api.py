@@ -119,7 +119,7 @@ def labelled_image(result: pipeline.Result) -> nib.Nifti1Image:
 
 def _targets(output: Path, ml: bool, types: Sequence[str], task: str, overwrite: bool) -> dict[str, Path]:
     """Output type -> path to write, each checked before hours of computing; several types go side by side."""
-    paths = {types[0]: output} if len(types) == 1 else api_options.multi_output_paths(output, types, task)
+    paths = api_options.output_paths(output, types, task, ml)
     return {kind: _check_output(path, ml or len(types) > 1, kind, overwrite) for kind, path in paths.items()}
 
 

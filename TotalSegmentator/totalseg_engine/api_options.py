@@ -59,6 +59,25 @@ def output_types(output_type: OfficialOutputType) -> list[str]:
     return types
 
 
+def output_paths(output: Path, types: Sequence[str], task: str, ml: bool) -> dict[str, Path]:
+    """Output type -> the path it is written to: ``output`` itself for one type, side by side for several."""
+    if len(types) > 1:
+        return multi_output_paths(output, types, task)
+    return {types[0]: multilabel_file(output) if ml and types[0] == "nifti" else output}
+
+
+def multilabel_file(output: Path) -> Path:
+    """The official saves ``--ml`` with nibabel, which adds ``.nii`` to a name without suffix (``-o case00`` writes
+    ``case00.nii``) and fails on any other suffix after the whole run; here that is refused before it."""
+    name = output.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return output
+    if "." not in output.name:
+        return output.with_name(output.name + ".nii")
+    raise InvalidOptionError(f"Output {output}: a multilabel NIfTI (--ml) needs a .nii.gz or .nii name, such as "
+                             f"{output.with_name(output.name.split('.')[0] + '.nii.gz')}.")
+
+
 def multi_output_paths(output: Path, types: Sequence[str], task: str) -> dict[str, Path]:
     """Where the official writes each of several output types: one file per type, side by side.
 

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from . import cli_options
 from .cli_options import build_parser
 from .errors import CancelledError, InvalidOptionError, OutputExistsError, TotalSegmentatorError
-from .progress import JsonLinesReporter, TerminalReporter, ignore_progress
+from .progress import JsonLinesReporter, ProgressCallback, TerminalReporter, ignore_progress
 from .tasks import all_tasks, get_task
 
 if TYPE_CHECKING:
     import nibabel as nib
     import numpy as np
+
+    from . import pipeline
 
 # The official task switch when a DICOM series' Modality contradicts the task: (modality, task) -> task.
 MODALITY_SWITCH = {("MR", "total"): "total_mr", ("CT", "total_mr"): "total"}
@@ -57,9 +59,8 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot check itself: output types, ignored flags (one notice), the model size."""
     try:
         args.output_type = cli_options.output_types(args.output_type)
     except argparse.ArgumentTypeError as err:
@@ -70,6 +71,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.model_size == "small" and args.task == "total_v3":
         parser.exit(2, "ERROR: option -ms (--model_size) is not supported by this implementation: "
                        "only the big total_v3 model is available.\n")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_options(parser, args)
     try:
         if args.list_tasks:
             print(format_tasks())
@@ -101,19 +108,32 @@ def _reporter(args: argparse.Namespace):
     return TerminalReporter(sys.stderr)
 
 
-def planned_outputs(output: Path, types: Sequence[str], task: str) -> dict[str, Path]:
+def planned_outputs(output: Path, types: Sequence[str], task: str, ml: bool) -> dict[str, Path]:
     """Output type -> path: -o itself for one type, the official side-by-side names for several."""
     from . import api_options
 
-    output = output.expanduser().absolute()
-    return {types[0]: output} if len(types) == 1 else api_options.multi_output_paths(output, types, task)
+    return api_options.output_paths(output.expanduser().absolute(), types, task, ml)
 
 
 def _segment(args: argparse.Namespace) -> int:
+    targets = write_segmentation(args)
+    if not args.quiet and not args.progress_json:
+        print(f"Segmentation written to {', '.join(str(path) for path in targets.values())}", file=sys.stderr)
+    return 0
+
+
+def write_segmentation(args: argparse.Namespace, runner_factory: Optional[pipeline.RunnerFactory] = None,
+                       progress: Optional[ProgressCallback] = None) -> dict[str, Path]:
+    """Segment ``args.input`` and write every output the options ask for; returns output type -> path.
+
+    This is the whole single-case command after parsing; ``totalseg_batch`` calls it per case with its
+    workers' loaded models (``runner_factory``) and its own ``progress``, so a cohort's outputs are the
+    command's outputs.
+    """
     from . import allocator, api, imageio
 
     args.task = switched_task(args.input, args.task)
-    targets = planned_outputs(args.output, args.output_type, args.task)
+    targets = planned_outputs(args.output, args.output_type, args.task, args.ml)
     ml = args.ml or len(targets) > 1
     for kind, path in targets.items():
         check_replaceable(args.input, path, kind, ml, args)
@@ -126,16 +146,16 @@ def _segment(args: argparse.Namespace) -> int:
             stats_aggregation=args.stats_aggregation, output_type=args.output_type, device=args.device,
             license_number=args.license_number, quiet=args.quiet, verbose=args.verbose, preview=args.preview,
             stats_include_incomplete=args.stats_include_incomplete, runtime=args.runtime,
-            overwrite=not args.no_overwrite, download=not args.offline, progress=_reporter(args))
+            overwrite=not args.no_overwrite, download=not args.offline,
+            progress=progress or _reporter(args),
+            runner_factory=runner_factory)
     image = image[0] if isinstance(image, tuple) else image  # (image, statistics) with -s
     label_map = imageio.read_label_map(image)
     first_kind, first = next(iter(targets.items()))
     folder = first if first_kind == "nifti" and not ml else first.parent
     if args.task == "body" and folder == first and not args.no_derived_masks:
         write_derived_body_masks(image, label_map, args.input, folder, overwrite=not args.no_overwrite)
-    if not args.quiet and not args.progress_json:
-        print(f"Segmentation written to {', '.join(str(path) for path in targets.values())}", file=sys.stderr)
-    return 0
+    return targets
 
 
 def switched_task(source: Path, task: str) -> str:

@@ -18,7 +18,7 @@ from . import __version__
 # Output types of api.OUTPUT_TYPES, repeated so that --help answers without importing the engine.
 OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
 # prediction.RUNTIMES, repeated for the same reason.
-RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "nnunet")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "torch_compile", "nnunet")
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Input image: NIfTI, NRRD, a folder of DICOM slices or a zip of them.")
     p.add_argument("-o", dest="output", metavar="directory", type=Path,
                    help="Output folder (one mask per class), or the output file with --ml or another -ot.")
+    add_segmentation_options(p)
+    overwrite = p.add_mutually_exclusive_group()
+    overwrite.add_argument("--overwrite", action="store_true",
+                           help="Replace the output even if it is a file that is no segmentation output.")
+    overwrite.add_argument("--no-overwrite", action="store_true", help="Refuse to replace an existing output.")
+    p.add_argument("--progress-json", action="store_true",
+                   help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
+    p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
+    p.add_argument("-lc", "--list-classes", nargs="?", const="total", metavar="task",
+                   help="List the classes of a task (default total) and exit.")
+    add_reporting_options(p)
+    return p
+
+
+def add_reporting_options(p: argparse.ArgumentParser) -> None:
+    """-q, -v, --version and the official flags this engine ignores or refuses (both commands take them)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="Print nothing but errors.")
+    p.add_argument("-v", "--verbose", action="store_true", help="Show tracebacks of errors.")
+    p.add_argument("--version", action="version", version=__version__)
+    add_foreign_flags(p)
+
+
+def add_segmentation_options(p: argparse.ArgumentParser) -> None:
+    """What a segmentation is asked for (task, speed, outputs, device...): shared by TotalSegmentator and
+    totalseg_batch, so a cohort run takes exactly the single-case options."""
     p.add_argument("-ot", "--output_type", nargs="+", default=["nifti"], metavar="type",
                    help="nifti (default), seg_nrrd (a Slicer .seg.nrrd file with names and colours), or for "
                         "DICOM input dicom_seg (DICOM SEG) or dicom_rtstruct (alias dicom; RT Structure Set), -o a "
@@ -172,21 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (default gpu, CPU if none).")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="What runs the network on the CPU: auto or torch (labels bit-identical to the official "
-                        "tool's), onnxruntime or openvino (faster forward passes, not bit-identical), or nnunet "
-                        "(nnU-Net's own predictor). GPUs always use nnU-Net's.")
+                        "tool's), torch_compile (compiled once per process: for totalseg_batch), onnxruntime or "
+                        "openvino (faster forward passes, not bit-identical), or nnunet (nnU-Net's own predictor). "
+                        "GPUs always use nnU-Net's.")
     p.add_argument("-l", "--license_number", help="Licence key for licensed tasks (stored for later runs).")
-    overwrite = p.add_mutually_exclusive_group()
-    overwrite.add_argument("--overwrite", action="store_true",
-                           help="Replace the output even if it is a file that is no segmentation output.")
-    overwrite.add_argument("--no-overwrite", action="store_true", help="Refuse to replace an existing output.")
     p.add_argument("--offline", action="store_true", help="Never download weights; fail if they are missing.")
-    p.add_argument("--progress-json", action="store_true",
-                   help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
-    p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
-    p.add_argument("-lc", "--list-classes", nargs="?", const="total", metavar="task",
-                   help="List the classes of a task (default total) and exit.")
-    p.add_argument("-q", "--quiet", action="store_true", help="Print nothing but errors.")
-    p.add_argument("-v", "--verbose", action="store_true", help="Show tracebacks of errors.")
-    p.add_argument("--version", action="version", version=__version__)
-    add_foreign_flags(p)
-    return p

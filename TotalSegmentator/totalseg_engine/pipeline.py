@@ -201,6 +201,12 @@ def _output_label_map(task: Task, roi: Optional[list[str]]) -> dict[int, str]:
 # ---------------------------------------------------------------- weights
 
 
+def required_models(options: Options) -> list[ModelSpec]:
+    """Every model a run with these options loads (checked options: unknown tasks or classes raise)."""
+    task = get_task(options.task)
+    return _required_models(task, task.mode(options.speed), options, _check_roi_subset(task, options.roi_subset))
+
+
 def _required_models(task: Task, mode: Mode, options: Options, roi: Optional[list[str]]) -> list[ModelSpec]:
     """Every model a run will load: crop models, refinement model, then the task's own."""
     refine = list(get_task(task.refine_with).mode().models) if task.refine_with else []

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import allocator, geometry, runtimes, sliding_window
+from .cpu import cpu_threads
 from .errors import CancelledError, TotalSegmentatorError
 from .nnunet_plans import read_model_plans
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -36,7 +37,7 @@ CHECKPOINT = runtimes.CHECKPOINT
 # auto: torch on the CPU (labels bit-identical to nnU-Net's), nnU-Net's own predictor on a GPU. ONNX Runtime is
 # faster on a CPU but not bit-identical; it becomes the CPU default (AUTO_CPU_RUNTIME, with a fallback to torch)
 # once its parity on trained weights is shown (see README, Performance).
-RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "nnunet")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "torch_compile", "nnunet")
 AUTO_CPU_RUNTIME = "torch"
 _NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
 # nnunetv2 (>= 2.3.1) warns on every plans file in the format before 2.3, which most released weights use, and
@@ -109,7 +110,7 @@ def configure_threads(device) -> None:
     """All cores for CPU inference, one for GPU runs (as nnUNetv2_predict does in TotalSegmentator)."""
     import torch
 
-    torch.set_num_threads((os.cpu_count() or 1) if device.type == "cpu" else 1)
+    torch.set_num_threads(cpu_threads() if device.type == "cpu" else 1)
 
 
 class ModelRunner:

@@ -13,7 +13,6 @@ logits, so the same code serves ONNX Runtime and torch.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +21,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 from scipy.ndimage import binary_fill_holes, gaussian_filter1d
 
+from .cpu import cpu_threads
 from .nnunet_plans import ModelPlans
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -252,7 +252,7 @@ def in_slabs(shape: Sequence[int], work: Callable[[slice], None]) -> None:
     length = shape[1]
     rows = max(1, min(length, SLAB_VALUES // max(1, int(np.prod(shape)) // max(1, length))))
     slabs = [slice(lo, min(lo + rows, length)) for lo in range(0, length, rows)]
-    workers = min(os.cpu_count() or 1, len(slabs))
+    workers = min(cpu_threads(), len(slabs))
     if workers <= 1:
         for slab in slabs:
             work(slab)

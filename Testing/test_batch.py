@@ -1,0 +1,505 @@
+"""``totalseg_batch``: cohorts on a real Dask cluster, resumable, nothing lost.
+
+The clusters are real: distributed's ``LocalCluster`` with two worker processes, and a ``dask scheduler`` plus
+``dask worker`` started as programs on 127.0.0.1. The cases are the shared CTs (cropped into distinct images,
+one truncated as an interrupted copy leaves it) and the shared DICOM series; the models are release-layout
+folders with small networks. Every batch output is compared with the single-case command's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from model_factory import NetworkSize, write_task_models
+from totalseg_engine import batch_cases, batch_cli, batch_manifest, batch_process, batch_worker, cli, imageio
+from totalseg_engine.batch_cases import Case
+from totalseg_engine.errors import InvalidInputError, InvalidOptionError
+
+pytest.importorskip("distributed", reason="totalseg_batch runs on Dask distributed (pip install '.[batch]')")
+
+SMALL_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
+FAST = ["--fast", "-d", "cpu", "--offline"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    write_task_models(home / "nnunet" / "results", "total", "fast", SMALL_3MM, seed=5)
+    return home
+
+
+@pytest.fixture
+def home(models, monkeypatch) -> Path:
+    """The model folders as the weights home of this process and of every worker it starts."""
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(models))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_URL", "http://127.0.0.1:9/{version}/{folder}.zip")  # nothing listens
+    return models
+
+
+def write_ct(path: Path, data_dir: Path, crop: int) -> Path:
+    """example_ct_sm with ``crop`` slices taken off the top: a distinct CT of the same patient."""
+    image = nib.load(data_dir / "example_ct_sm.nii.gz")
+    data = np.asanyarray(image.dataobj)[..., : image.shape[2] - crop]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), path)
+    return path
+
+
+def truncate_copy(source: Path, target: Path) -> Path:
+    """What an interrupted copy leaves: the first part of a .nii.gz."""
+    target.write_bytes(source.read_bytes()[:3000])
+    return target
+
+
+def records(outdir: Path) -> dict[str, dict]:
+    return batch_manifest.Manifest(outdir).load()
+
+
+def manifest_lines(outdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (outdir / "manifest.jsonl").read_text().splitlines()]
+
+
+def single_case(case: Path, output: Path, *options: str) -> Path:
+    assert cli.main(["-i", str(case), "-o", str(output), *FAST, "-q", *options]) == 0
+    return output
+
+
+def assert_same_labels(batch_file: Path, single_file: Path) -> None:
+    ours, theirs = nib.load(batch_file), nib.load(single_file)
+    np.testing.assert_array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
+    np.testing.assert_array_equal(ours.affine, theirs.affine)
+    assert imageio.read_label_map(ours) == imageio.read_label_map(theirs)
+
+
+def leftovers(outdir: Path) -> list[str]:
+    """Anything a run may leave half-done: staging folders, temporary siblings of outputs."""
+    return [str(p) for p in outdir.rglob("*") if ".staging" in p.parts or ".tmp" in p.name or "partial" in p.name]
+
+
+# --------------------------------------------------------------------------------------------------
+# On a local Dask cluster of two worker processes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_cohort_on_two_workers_equals_the_single_case_command_and_goes_on_past_a_corrupt_case(
+        home, data_dir, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    good = {name: write_ct(cohort / f"{name}.nii.gz", data_dir, crop) for name, crop in (("a_ct", 0), ("c_ct", 4))}
+    truncate_copy(good["a_ct"], cohort / "b_corrupt.nii.gz")  # in the middle of the cohort
+    out = tmp_path / "out"
+
+    code = batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-s", "--workers", "2"])
+
+    err = capsys.readouterr().err
+    assert code == 1, err  # one case failed: the exit status says so
+    assert err.strip().splitlines()[-1].startswith("2 succeeded, 1 failed, 0 skipped")
+    for case_id, source in good.items():
+        single = single_case(source, tmp_path / "single" / f"{case_id}.nii.gz", "--ml", "-s")
+        assert_same_labels(out / case_id / "segmentation.nii.gz", single)
+        assert json.loads((out / case_id / "statistics.json").read_text()) == \
+            json.loads((single.parent / "statistics.json").read_text())
+    lines = manifest_lines(out)
+    assert [line["case_id"] for line in lines] == ["a_ct", "b_corrupt", "c_ct"]  # one line per case
+    failed = lines[1]
+    assert failed["status"] == "failed" and "b_corrupt.nii.gz" in failed["error"] and "corrupt" in failed["error"]
+    assert not (out / "b_corrupt").exists() and leftovers(out) == []
+    assert all(line["fingerprint"]["sha256"] for line in lines) and lines[0]["outputs"] == [
+        "segmentation.nii.gz", "statistics.json"]
+    summary = (out / "manifest.csv").read_text().splitlines()
+    assert summary[0].startswith("case_id,status") and [row.split(",")[1] for row in summary[1:]] == \
+        ["done", "failed", "done"]
+    table = (out / "cohort_statistics.csv").read_text().splitlines()
+    liver = json.loads((out / "c_ct" / "statistics.json").read_text())["liver"]
+    assert f"c_ct,liver,{liver['volume']},{liver['intensity']}" in table
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out / "cohort_statistics.parquet").num_rows == len(table) - 1
+
+    # the same command again, one input changed: only that case runs; the failed one is not retried
+    write_ct(good["c_ct"], data_dir, 6)
+    code = batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-s", "--workers", "2",
+                           "--progress-json"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert [(e["case_id"], e["status"]) for e in events if e["event"] == "case"] == [("c_ct", "done")]
+    assert events[0]["skipped"] == 2 and events[-1]["failed_before"] == 1
+    assert nib.load(out / "c_ct" / "segmentation.nii.gz").shape[2] == 24
+
+    # the corrupt file replaced by a good copy, --retry-failed: the cohort is complete
+    write_ct(cohort / "b_corrupt.nii.gz", data_dir, 2)
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-s", "--workers", "2",
+                           "--retry-failed", "-q"]) == 0
+    assert {line["case_id"]: line["status"] for line in manifest_lines(out)} == dict.fromkeys(
+        ["a_ct", "b_corrupt", "c_ct"], "done")
+    assert list(out.glob("manifest.*.jsonl")) == [] and leftovers(out) == []
+
+
+def test_a_worker_killed_during_a_case_costs_only_that_attempt(home, data_dir, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    for index in range(3):
+        write_ct(cohort / f"ct{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    killed: dict = {}
+
+    def kill_the_first_worker_that_starts_a_case() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for marker in out.glob(".staging/*/attempt-*/attempt.json"):
+                try:
+                    pid = json.loads(marker.read_text())["pid"]
+                except (OSError, ValueError):
+                    continue  # being written
+                os.kill(pid, signal.SIGKILL)
+                killed.update(case=marker.parent.parent.name, pid=pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_first_worker_that_starts_a_case)
+    killer.start()
+    code = batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--workers", "2"])
+    killer.join()
+    assert killed, "no case started"
+    assert code == 0, capsys.readouterr().err
+    record = records(out)[killed["case"]]
+    assert record["status"] == "done" and record["attempts"] == 2 and record["lost_attempts"] == 1
+    assert record["worker"] != f"{socket.gethostname()}:{killed['pid']}"
+    single = single_case(cohort / f"{killed['case']}.nii.gz", tmp_path / "single.nii.gz", "--ml")
+    assert_same_labels(out / killed["case"] / "segmentation.nii.gz", single)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["ct0", "ct1", "ct2"]
+    assert leftovers(out) == []
+
+
+def test_a_case_whose_workers_all_die_is_recorded_as_failed_and_the_rest_complete(home, data_dir, tmp_path,
+                                                                                   capsys):
+    cohort = tmp_path / "cohort"
+    for name in ("a", "b"):
+        write_ct(cohort / f"{name}.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    stop = threading.Event()
+
+    def kill_every_attempt_at_case_a() -> None:
+        seen = set()
+        while not stop.is_set():
+            for marker in out.glob(".staging/a/attempt-*/attempt.json"):
+                with_pid = marker.read_text()
+                if with_pid and marker not in seen:
+                    seen.add(marker)
+                    os.kill(json.loads(with_pid)["pid"], signal.SIGKILL)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_every_attempt_at_case_a)
+    killer.start()
+    try:
+        code = batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--workers", "2",
+                               "--max-attempts", "2"])
+    finally:
+        stop.set()
+        killer.join()
+    assert code == 1
+    failed = records(out)["a"]
+    assert failed["status"] == "failed" and "died 2 times" in failed["error"]
+    assert records(out)["b"]["status"] == "done" and not (out / "a").exists() and leftovers(out) == []
+
+
+def test_an_existing_scheduler_runs_the_cohort(home, data_dir, tmp_path):
+    """``--scheduler`` against a ``dask scheduler`` and a ``dask worker`` started as programs on 127.0.0.1."""
+    dask_program = Path(sys.executable).parent / "dask"
+    if not dask_program.exists():
+        pytest.skip("the dask command is not installed beside this Python")
+    scheduler_file = tmp_path / "scheduler.json"
+    common = ["--no-dashboard"]
+    scheduler = subprocess.Popen([str(dask_program), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                  "--scheduler-file", str(scheduler_file), *common],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        worker = subprocess.Popen([str(dask_program), "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                   "--host", "127.0.0.1", *common],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        _wait_for_workers(address, 1)
+        case = write_ct(tmp_path / "cohort" / "one.nii.gz", data_dir, 0)
+        out = tmp_path / "out"
+        assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--scheduler", address, "-q"]) == 0
+        record = records(out)["one"]
+        assert record["status"] == "done" and record["worker"].split(":")[1] != str(os.getpid())
+        assert_same_labels(out / "one" / "segmentation.nii.gz",
+                           single_case(case, tmp_path / "single.nii.gz", "--ml"))
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(count, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards, in-process
+# --------------------------------------------------------------------------------------------------
+
+
+def test_shards_cover_the_cohort_once_on_warm_models_and_a_full_run_then_skips_it_all(home, data_dir, tmp_path):
+    cohort = tmp_path / "cohort"
+    for index in range(5):
+        write_ct(cohort / f"s{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    shards = [subprocess.Popen([sys.executable, "-m", "totalseg_engine.batch_cli", "-i", str(cohort), "-o", str(out),
+                                *FAST, "--ml", "--shard", part, "-q"], stderr=subprocess.PIPE, text=True)
+              for part in ("1/2", "2/2")]  # at the same time, as a Slurm array runs them
+    for shard in shards:
+        assert shard.wait(timeout=300) == 0, shard.stderr.read()
+    shard_files = sorted(out.glob("manifest.*.jsonl"))
+    assert len(shard_files) == 2  # one writer each: the two shard processes
+    per_shard = [[json.loads(line) for line in path.read_text().splitlines()] for path in shard_files]
+    ids = sorted(r["case_id"] for lines in per_shard for r in lines)
+    assert ids == [f"s{index}" for index in range(5)]  # every case once
+    for lines in per_shard:  # each shard loaded its model once, then reused it
+        assert [r["models_loaded"] for r in lines] == [1] + [0] * (len(lines) - 1)
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-q"]) == 0
+    assert [line["case_id"] for line in manifest_lines(out)] == ids and list(out.glob("manifest.*.jsonl")) == []
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shard_slices_partition_the_cohort(count):
+    cases = [Case(f"case{index:03d}", f"/data/{index}.nii.gz") for index in range(20)]
+    slices = [batch_cases.shard(list(reversed(cases)), f"{index}/{count}") for index in range(1, count + 1)]
+    flat = [case.case_id for part in slices for case in part]
+    assert sorted(flat) == [case.case_id for case in cases] and len(flat) == len(set(flat))
+
+
+@pytest.mark.parametrize("spec", ["0/2", "3/2", "1", "a/b", ""])
+def test_a_bad_shard_says_what_it_expects(spec):
+    with pytest.raises(InvalidOptionError, match="I/N"):
+        batch_cases.parse_shard(spec)
+
+
+def test_a_dicom_folder_in_a_cohort_is_written_as_the_single_case_command_writes_it(home, data_dir, tmp_path):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(data_dir / "example_ct_dicom", cohort / "patient1")
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--shard", "1/1", "-q"]) == 0
+    single = tmp_path / "single"
+    single_case(cohort / "patient1", single)
+    files = sorted(p.name for p in (out / "patient1").iterdir())
+    assert files == sorted(p.name for p in single.iterdir()) and len(files) == 117
+    assert_same_labels(out / "patient1" / "liver.nii.gz", single / "liver.nii.gz")
+
+
+def test_a_folder_that_no_run_wrote_is_never_replaced(home, data_dir, tmp_path):
+    case = write_ct(tmp_path / "cohort" / "mine.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "notes.txt").write_text("my measurements")
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--shard", "1/1", "-q"]) == 1
+    assert (out / "mine" / "notes.txt").read_text() == "my measurements"
+    assert "not in the manifest" in records(out)["mine"]["error"]
+
+
+def test_bad_options_stop_before_any_case(home, data_dir, tmp_path, capsys):
+    case = write_ct(tmp_path / "ct.nii.gz", data_dir, 0)
+    with pytest.raises(SystemExit) as stopped:
+        batch_cli.main(["-i", str(case), "-o", str(tmp_path / "out"), *FAST, "-s", "stats.json"])
+    assert stopped.value.code == 2 and "cohort_statistics.csv" in capsys.readouterr().err
+    assert batch_cli.main(["-i", str(case), "-o", str(tmp_path / "out"), *FAST, "-rs", "livr"]) == 2
+    assert "livr" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    assert batch_cli.main(["-i", str(case), "-o", str(tmp_path / "file"), *FAST]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the cases
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cases_come_from_files_folder_trees_dicom_folders_zips_and_lists(data_dir, tmp_path):
+    tree = tmp_path / "tree"
+    write_ct(tree / "s01" / "ct.nii.gz", data_dir, 0)
+    write_ct(tree / "s02.nii.gz", data_dir, 0)
+    (tree / "s02.seg.nrrd").write_text("NRRD0004")  # a segmentation beside its image is not a case
+    (tree / ".hidden").mkdir()
+    write_ct(tree / ".hidden" / "x.nii.gz", data_dir, 0)
+    (tree / "s02.json").write_text("{}")
+    shutil.copytree(data_dir / "example_ct_dicom", tree / "s03" / "dicom")
+    shutil.make_archive(str(tree / "s04"), "zip", data_dir / "example_ct_dicom")
+    single = write_ct(tmp_path / "alone.nii.gz", data_dir, 0)
+    cases = batch_cases.find_cases([tree, single])
+    assert [(c.case_id, Path(c.source).relative_to(tmp_path).as_posix()) for c in cases] == [
+        ("alone", "alone.nii.gz"), ("s01__ct", "tree/s01/ct.nii.gz"), ("s02", "tree/s02.nii.gz"),
+        ("s03__dicom", "tree/s03/dicom"), ("s04", "tree/s04.zip")]
+    assert batch_cases.find_cases([tree / "s03" / "dicom"])[0].case_id == "dicom"
+
+    listing = tmp_path / "lists" / "cohort.csv"
+    listing.parent.mkdir()
+    listing.write_text("Path,case_id,age\n../tree/s02.nii.gz,patient 7,61\n../tree/s03,P8,70\n\n")
+    assert [(c.case_id, Path(c.source).name) for c in batch_cases.find_cases([listing])] == [
+        ("P8__dicom", "dicom"), ("patient_7", "s02.nii.gz")]
+    text = tmp_path / "lists" / "cohort.txt"
+    text.write_text(f"# cohort\n{single}\n../tree/s04.zip\n")
+    assert [c.case_id for c in batch_cases.find_cases([text])] == ["alone", "s04"]
+
+
+def test_a_folder_of_several_dicom_series_gives_one_case_per_series(data_dir, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    folder = tmp_path / "study"
+    shutil.copytree(data_dir / "example_ct_dicom", folder)
+    for index, path in enumerate(sorted((data_dir / "example_ct_dicom").iterdir())):
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.99.1"
+        dataset.SeriesNumber = 7
+        dataset.SOPInstanceUID = f"1.2.826.0.1.3680043.99.1.{index + 1}"
+        dataset.save_as(folder / f"second_{index:03d}.dcm")
+    cases = batch_cases.find_cases([folder])
+    assert len(cases) == 2 and cases[1].case_id == "study__series7" and cases[0].case_id.startswith("study__series")
+    assert all(len(case.series_files) == 20 for case in cases)
+    with batch_worker._case_input(cases[1], tmp_path) as source:
+        assert imageio.read_image(source).shape[2] == 20  # only that series' slices
+    assert len(batch_cases.find_cases([folder])[1].files()) == 20
+
+
+def test_inputs_that_cannot_be_cases_say_what_to_do(data_dir, tmp_path):
+    a = write_ct(tmp_path / "one" / "ct.nii.gz", data_dir, 0)
+    b = write_ct(tmp_path / "two" / "ct.nii.gz", data_dir, 0)
+    with pytest.raises(InvalidInputError, match="case_id column"):
+        batch_cases.find_cases([a, b])
+    with pytest.raises(InvalidInputError, match="not found"):
+        batch_cases.find_cases([tmp_path / "missing"])
+    (tmp_path / "scan.dcm").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="Unsupported input"):
+        batch_cases.find_cases([tmp_path / "scan.dcm"])
+    bad_list = tmp_path / "list.csv"
+    bad_list.write_text("filename\nct.nii.gz\n")
+    with pytest.raises(InvalidInputError, match="'path' column"):
+        batch_cases.find_cases([bad_list])
+    bad_list.write_text("path\none/ct.nii.gz\nthree/ct.nii.gz\n")
+    with pytest.raises(InvalidInputError, match="line 3"):
+        batch_cases.find_cases([bad_list])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="No images"):
+        batch_cases.find_cases([tmp_path / "empty"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The manifest
+# --------------------------------------------------------------------------------------------------
+
+
+def test_what_a_rerun_does_with_each_case(data_dir, tmp_path):
+    case = Case("c", str(write_ct(tmp_path / "c.nii.gz", data_dir, 0)))
+    (tmp_path / "out" / "c").mkdir(parents=True)
+    done = {"status": "done", "options_key": "k", "fingerprint": {"stat": batch_manifest.stat_fingerprint(case),
+                                                                  "sha256": batch_manifest.content_fingerprint(case)}}
+    out = tmp_path / "out"
+
+    def reason(previous, **flags):
+        decision = batch_manifest.decide(case, previous, "k", out, **flags)
+        return decision.run, decision.reason
+
+    assert reason(None) == (True, "new")
+    assert reason(done) == (False, "done")
+    assert reason(done, force=True) == (True, "forced (--force)")
+    assert reason({**done, "options_key": "other"}) == (True, "options changed")
+    assert reason({**done, "status": "failed"}) == (False, "failed before; --retry-failed runs it again")
+    assert reason({**done, "status": "failed"}, retry_failed=True) == (True, "failed before (--retry-failed)")
+    os.utime(case.source, ns=(0, 0))  # copied elsewhere: other times, same content
+    assert reason(done) == (False, "done")
+    write_ct(case.path, data_dir, 1)
+    assert reason(done) == (True, "input changed")
+    shutil.rmtree(out / "c")
+    assert reason({**done, "fingerprint": {"stat": batch_manifest.stat_fingerprint(case)}}) == (
+        True, "outputs missing")
+
+
+def test_the_manifest_survives_a_cut_line_and_keeps_the_latest_record(tmp_path):
+    manifest = batch_manifest.Manifest(tmp_path)
+    manifest.append({"case_id": "a", "status": "failed", "finished": "2026-01-01T00:00:01"}, "w1")
+    manifest.append({"case_id": "a", "status": "done", "finished": "2026-01-01T00:00:02"}, "w2")
+    manifest.append({"case_id": "b", "status": "done", "finished": "2026-01-01T00:00:03"}, "w1")
+    with (tmp_path / "manifest.w1.jsonl").open("a") as handle:
+        handle.write('{"case_id": "c", "sta')  # the driver died mid-line
+    assert {k: v["status"] for k, v in manifest.load().items()} == {"a": "done", "b": "done"}
+    manifest.compact()
+    assert [json.loads(line)["case_id"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()] == \
+        ["a", "b"]
+    assert list(tmp_path.glob("manifest.*.jsonl")) == []
+    assert (tmp_path / "manifest.csv").read_text().splitlines()[1].startswith("a,done")
+
+
+def test_options_that_do_not_change_the_labels_do_not_redo_a_cohort():
+    args = batch_cli.build_parser().parse_args(["-i", "x", "-o", "y", "--fast", "-d", "cpu", "--workers", "2"])
+    options = batch_cli.segmentation_options(args)
+    assert options["fast"] is True and "workers" not in options and "inputs" not in options
+    assert {"device", "task", "output_type", "roi_subset", "statistics"} <= set(options)
+    assert set(batch_cli.NOT_IN_OPTIONS_KEY) <= set(options)
+
+
+def test_a_workers_share_of_the_cores_is_kept_when_it_loads_a_model(home, data_dir, tmp_path, monkeypatch):
+    """Loading a torch model set torch to every core, so two workers on two cores each ran two threads."""
+    import torch
+
+    monkeypatch.setattr(batch_worker, "WARM", batch_process.WarmModels())  # this test's worker loads the model
+    threads_after_case = []
+    segment = batch_worker._segment
+
+    def segment_and_count(*args, **kwargs):  # torch's thread count belongs to the thread that ran the case
+        result = segment(*args, **kwargs)
+        threads_after_case.append(torch.get_num_threads())
+        return result
+
+    monkeypatch.setattr(batch_worker, "_segment", segment_and_count)
+    case = write_ct(tmp_path / "ct.nii.gz", data_dir, 0)
+    assert batch_cli.main(["-i", str(case), "-o", str(tmp_path / "out"), *FAST, "--ml", "--shard", "1/1",
+                           "--threads-per-worker", "1", "-q"]) == 0
+    assert records(tmp_path / "out")["ct"]["models_loaded"] == 1
+    assert threads_after_case == [1]
+
+
+def test_a_worker_running_two_cases_predicts_one_at_a_time_while_the_other_reads_and_writes(home, data_dir,
+                                                                                              tmp_path):
+    """A GPU worker's setting (--cases-per-worker 2), here on the CPU: one case's prediction holds the device
+    while the other case reads, resamples and writes; predictions never overlap."""
+    from datetime import datetime
+
+    cohort = tmp_path / "cohort"
+    for index in range(4):
+        write_ct(cohort / f"ct{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--workers", "1",
+                           "--cases-per-worker", "2", "-q"]) == 0
+    done = records(out)
+    assert len({record["worker"] for record in done.values()}) == 1 and all(r["messages"] == [] for r in done.values())
+    turns = sorted(turn for record in done.values() for turn in record["prediction_turns"])
+    assert all(first[1] <= second[0] for first, second in zip(turns, turns[1:]))  # one prediction at a time
+
+    def span(record):
+        return tuple(datetime.fromisoformat(record[key]).timestamp() for key in ("started", "finished"))
+
+    overlapped = [(case, other) for case, record in done.items() for other, theirs in done.items() if case != other
+                  for begin, end in theirs["prediction_turns"] if span(record)[0] < end and begin < span(record)[1]]
+    assert overlapped, "no case ran while another predicted"
+    assert_same_labels(out / "ct2" / "segmentation.nii.gz",
+                       single_case(cohort / "ct2.nii.gz", tmp_path / "single.nii.gz", "--ml"))
