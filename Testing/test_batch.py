@@ -503,3 +503,45 @@ def test_a_worker_running_two_cases_predicts_one_at_a_time_while_the_other_reads
     assert overlapped, "no case ran while another predicted"
     assert_same_labels(out / "ct2" / "segmentation.nii.gz",
                        single_case(cohort / "ct2.nii.gz", tmp_path / "single.nii.gz", "--ml"))
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "kill-int-driver"])
+def test_an_interrupt_keeps_finished_cases_and_leaves_no_process_and_no_half_done_case(home, data_dir, tmp_path,
+                                                                                       whole_group):
+    """Ctrl+C reaches the whole foreground process group (driver, nannies, workers); ``kill -INT`` the driver
+    alone, whose cluster then stops the workers in the middle of their case."""
+    cohort = tmp_path / "cohort"
+    for index in range(4):
+        write_ct(cohort / f"ct{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "totalseg_engine.batch_cli", "-i", str(cohort), "-o", str(out),
+                               *FAST, "--ml", "--workers", "1"], stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (
+            any(out.glob("manifest.*.jsonl")) and any(out.glob(".staging/*/attempt-*/attempt.json"))):
+        time.sleep(0.05)  # one case finished, the next one begun
+    if whole_group:
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err
+    assert "finished cases are kept" in err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _group_alive(driver.pid):
+        time.sleep(0.2)
+    assert not _group_alive(driver.pid), "worker processes outlived the interrupted run"
+    done = {case_id for case_id, record in records(out).items() if record["status"] == "done"}
+    assert done and sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(done)
+    assert leftovers(out) == []
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--shard", "1/1", "-q"]) == 0
+    assert len(records(out)) == 4 and all(r["status"] == "done" for r in records(out).values())
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
