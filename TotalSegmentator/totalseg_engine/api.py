@@ -73,7 +73,7 @@ def totalsegmentator(
     types = api_options.output_types(output_type)
     roi, robust_crop = api_options.robust_roi(roi_subset, roi_subset_robust, robust_crop)
     options = pipeline.Options(
-        task=task, speed="fast" if fast else ("fastest" if fastest else "normal"), roi_subset=roi,  # -f wins
+        task=task, speed=api_options.speed(fast, fastest), roi_subset=roi,
         robust_crop=robust_crop, body_seg=body_seg, force_split=force_split, remove_small_blobs=remove_small_blobs,
         higher_order_resampling=higher_order_resampling, statistics=bool(statistics),
         stats_include_incomplete=stats_include_incomplete or not statistics_exclude_masks_at_border,

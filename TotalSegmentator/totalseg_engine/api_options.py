@@ -59,6 +59,11 @@ def output_types(output_type: OfficialOutputType) -> list[str]:
     return types
 
 
+def speed(fast: bool, fastest: bool) -> str:
+    """The model resolution the official flags ask for: -f (3 mm) wins over -ff (6 mm), as in the official."""
+    return "fast" if fast else ("fastest" if fastest else "normal")
+
+
 def output_paths(output: Path, types: Sequence[str], task: str, ml: bool) -> dict[str, Path]:
     """Output type -> the path it is written to: ``output`` itself for one type, side by side for several."""
     if len(types) > 1:

@@ -67,8 +67,6 @@ def local_layout(workers: Optional[int], threads: Optional[int], gpus: int) -> t
         else:
             memory_gb = _memory_bytes() / 2**30
             workers = max(1, min(cores // CORES_PER_CPU_WORKER, int(memory_gb // MEMORY_PER_CPU_WORKER_GB)))
-    if workers < 1:
-        raise ValueError("--workers must be at least 1")
     return workers, threads or max(1, cores // workers)
 
 
@@ -138,7 +136,7 @@ def _record_of(future, case: Case, request: CaseRequest, max_attempts: int) -> d
                    f"single-case command." if killed else f"{type(err).__name__}: {err}")
         record = {"case_id": case.case_id, "input": case.source, "options": request.options,
                   "options_key": request.options_key, "status": "failed", "error": message,
-                  "attempts": max_attempts if killed else 1, "finished": batch_worker._now()}
+                  "attempts": max_attempts if killed else 1, "finished": batch_worker.utc_now()}
         batch_manifest.Manifest(outdir).append(record, f"driver-{batch_worker.writer_name()}")
         return record
 

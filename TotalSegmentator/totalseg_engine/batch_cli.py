@@ -155,9 +155,8 @@ def _ensure_weights(args: argparse.Namespace) -> None:
     from . import api_options, pipeline, weights
 
     roi, robust = api_options.robust_roi(args.roi_subset, args.roi_subset_robust, args.robust_crop)
-    speed = "fast" if args.fast else ("fastest" if args.fastest else "normal")
-    options = pipeline.Options(task=args.task, speed=speed, roi_subset=roi, robust_crop=robust,
-                               body_seg=args.body_seg)
+    options = pipeline.Options(task=args.task, speed=api_options.speed(args.fast, args.fastest), roi_subset=roi,
+                               robust_crop=robust, body_seg=args.body_seg)
     weights.ensure_weights(pipeline.required_models(options), download=not args.offline, task=args.task)
 
 

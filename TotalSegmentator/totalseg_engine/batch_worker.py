@@ -92,13 +92,13 @@ def writer_name() -> str:
 
 def _finish(record: dict, started: float, stages: StageTimer, loaded_before: int, outdir: Path) -> None:
     record.update(seconds=round(time.monotonic() - started, 2), stages=stages.seconds,
-                  models_loaded=WARM.loaded - loaded_before, finished=_now())
+                  models_loaded=WARM.loaded - loaded_before, finished=utc_now())
     batch_manifest.Manifest(outdir).append(record, writer_name())
 
 
 def _base_record(case: Case, request: CaseRequest, earlier: int) -> dict:
     record = {"case_id": case.case_id, "input": case.source, "options": request.options,
-              "options_key": request.options_key, "attempts": earlier + 1, "started": _now(),
+              "options_key": request.options_key, "attempts": earlier + 1, "started": utc_now(),
               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     if case.series_uid:
         record["series_uid"] = case.series_uid
@@ -107,7 +107,8 @@ def _base_record(case: Case, request: CaseRequest, earlier: int) -> dict:
     return record
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time records carry: UTC, ISO 8601 to the millisecond (sorts as text, as Manifest.load compares)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
