@@ -70,6 +70,7 @@ class NetworkSize:
 
 
 TINY = NetworkSize(features=(4, 8, 16), patch_size=(32, 32, 32))
+SMALL_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))  # the fast total model at test size
 SMALL = NetworkSize(features=(8, 16, 32, 64), patch_size=(64, 64, 64))
 NNUNET_DEFAULT_CT = NetworkSize(features=(32, 64, 128, 256, 320, 320), patch_size=(128, 128, 128))
 

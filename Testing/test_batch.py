@@ -22,14 +22,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from model_factory import NetworkSize, write_task_models
+from model_factory import SMALL_3MM, write_task_models
 from totalseg_engine import batch_cases, batch_cli, batch_manifest, batch_process, batch_worker, cli, imageio
 from totalseg_engine.batch_cases import Case
 from totalseg_engine.errors import InvalidInputError, InvalidOptionError
 
 pytest.importorskip("distributed", reason="totalseg_batch runs on Dask distributed (pip install '.[batch]')")
 
-SMALL_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 FAST = ["--fast", "-d", "cpu", "--offline"]
 
 

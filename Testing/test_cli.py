@@ -10,13 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from model_factory import NetworkSize, release_zip, write_task_models
+from model_factory import SMALL_3MM, release_zip, write_task_models
 from totalseg_engine import cli, imageio, paths, tasks, weights
 from totalseg_engine.progress import parse_event_line
 from weights_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 
 
 @pytest.fixture

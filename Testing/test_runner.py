@@ -206,6 +206,12 @@ def test_engine_command_defaults_and_off_switches(tmp_path):
         engine_command("ct.nii.gz", "out", speed="quick")
 
 
+def test_engine_command_passes_several_output_types(tmp_path):
+    """The web app asks one run for the NIfTI and the DICOM SEG; the CLI must read both as output types."""
+    argv = engine_command("ct", tmp_path / "segmentation.nii.gz", output_type=("nifti", "dicom_seg"))
+    assert cli.build_parser().parse_args(argv[3:]).output_type == ["nifti", "dicom_seg"]
+
+
 def test_poll_never_blocks_and_keeps_order(tmp_path):
     child = script(tmp_path, """
         import json, sys, time

@@ -92,7 +92,7 @@ def _source_datasets(folder: Path) -> list:
     """The instances of the series the engine reads from ``folder``, in its slice order (SimpleITK's)."""
     import pydicom
 
-    files = imageio._pick_series(imageio._dicom_series(folder), folder)
+    files = imageio.dicom_series_files(folder)
     datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
     _complete_identifiers(datasets)
     return datasets

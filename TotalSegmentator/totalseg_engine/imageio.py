@@ -286,6 +286,11 @@ def _pick_series(series: list[tuple[str, list[str]]], source: PathLike) -> list[
     return files
 
 
+def dicom_series_files(folder: PathLike) -> list[str]:
+    """The files of the series the engine segments in a DICOM folder (the one with most slices), in slice order."""
+    return _pick_series(_dicom_series(Path(folder)), folder)
+
+
 def _read_dicom_dir(folder: Path, source: Optional[PathLike] = None) -> nib.Nifti1Image:
     """Read the largest series below ``folder``; ``source`` is what messages call it (the zip)."""
     source = folder if source is None else source

@@ -47,18 +47,19 @@ def engine_command(input_path: Union[str, Path], output_path: Union[str, Path], 
                    force_split: bool = False, remove_small_blobs: Union[bool, float, None] = False,
                    higher_order_resampling: bool = False, statistics: bool = False,
                    stats_include_incomplete: bool = False, license_number: Optional[str] = None,
-                   output_type: str = "nifti", ml: bool = True, overwrite: bool = True,
+                   output_type: Union[str, Sequence[str]] = "nifti", ml: bool = True, overwrite: bool = True,
                    offline: bool = False) -> list[str]:
     """The argv of one engine run reporting JSON progress; values are passed through for the CLI to check.
 
     ``speed`` is normal, fast or fastest (the only value checked here, as the CLI only sees flags);
     ``remove_small_blobs`` is False/None (off), True (the CLI's default size) or a size in mm³.
+    ``output_type`` is one type or several (the CLI writes each beside the others, named after the output).
     In Slicer pass ``python=shutil.which("PythonSlicer")``: Slicer's ``sys.executable`` is the application.
     """
     if speed not in SPEED_FLAGS:
         raise ValueError(f"Unknown speed '{speed}'; expected one of {', '.join(SPEED_FLAGS)}.")
     argv = [str(python), "-m", ENGINE_MODULE, "-i", str(input_path), "-o", str(output_path), "--task", task,
-            "--device", device, "--output_type", output_type, *SPEED_FLAGS[speed]]
+            "--device", device, "--output_type", *_types(output_type), *SPEED_FLAGS[speed]]
     if roi_subset:
         argv += ["--roi_subset", *roi_subset]
     if remove_small_blobs is not None and remove_small_blobs is not False:
@@ -70,6 +71,10 @@ def engine_command(input_path: Union[str, Path], output_path: Union[str, Path], 
                 "--stats_include_incomplete": stats_include_incomplete, "--overwrite": overwrite,
                 "--offline": offline}
     return argv + [flag for flag, on in switches.items() if on] + ["--progress-json"]
+
+
+def _types(output_type: Union[str, Sequence[str]]) -> list[str]:
+    return [output_type] if isinstance(output_type, str) else [str(kind) for kind in output_type]
 
 
 def child_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:

@@ -94,6 +94,8 @@ class _Job:
 class SegmentationJob(_Job):
     """Export → child process → import for one volume; poll() until it returns True."""
 
+    output_types: tuple[str, ...] = ("nifti",)  # the multilabel NIfTI that is imported comes first
+
     def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
                  segmentation_node: Optional[slicer.vtkMRMLSegmentationNode], request: JobRequest,
                  table_node: Optional[slicer.vtkMRMLTableNode] = None, python: Optional[str] = None,
@@ -128,7 +130,8 @@ class SegmentationJob(_Job):
             roi_subset=r.roi_subset or None, device=_device_for_engine(r.device), robust_crop=r.robust_crop,
             body_seg=r.body_seg, remove_small_blobs=r.remove_small_blobs,
             higher_order_resampling=r.higher_order_resampling, statistics=r.statistics,
-            license_number=r.license_number, ml=True, overwrite=True, offline=r.offline)
+            license_number=r.license_number, output_type=self.output_types, ml=True, overwrite=True,
+            offline=r.offline)
 
     @property
     def _result_path(self) -> Path:

@@ -1,0 +1,377 @@
+"""The web app end to end: ``totalseg_web`` started as a program, driven by Playwright in Debian's Chromium.
+
+The launcher runs on 127.0.0.1 with a weights home holding the fast ``total`` model in the release layout
+(untrained weights from the model factory, as the command-line tests use) and a data root. Nothing is
+skipped: a missing Chromium or Playwright fails these tests (``.ci/run`` installs both). Screenshots land in
+``$TOTALSEG_WEB_SCREENSHOTS`` when set (the README's pictures come from there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import SMALL_3MM, write_task_models
+from PIL import Image
+from playwright.sync_api import sync_playwright
+from totalseg_engine import imageio, paths, terminology
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_UPLOAD_MB = 20
+RUN_TIMEOUT_MS = 300_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"totalseg_web exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError("totalseg_web did not start listening")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    os.environ["TOTALSEG_HOME_DIR"] = str(home)
+    write_task_models(paths.weights_dir(), "total", "fast", SMALL_3MM, seed=5)
+    return home
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("data-root")
+    shutil.copy(data_dir / "example_ct.nii.gz", root / "example_ct.nii.gz")
+    shutil.copytree(data_dir / "example_ct_dicom", root / "ct_dicom")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "private.nii.gz").write_bytes((data_dir / "example_ct_sm.nii.gz").read_bytes())
+    (root / "private.nii.gz").symlink_to(outside / "private.nii.gz")
+    return root
+
+
+def start_launcher(home: Path, work: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    env = {**os.environ, "TOTALSEG_HOME_DIR": str(home)}
+    process = subprocess.Popen([sys.executable, "-m", "totalseg_web.launcher", "--port", str(port), "--work-dir",
+                                str(work), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    _wait_for_port(port, process)
+    return process, port
+
+
+def stop_launcher(process: subprocess.Popen) -> str:
+    process.terminate()
+    output, _ = process.communicate(timeout=60)
+    return output
+
+
+@pytest.fixture(scope="module")
+def server(home, data_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("web-work")
+    process, port = start_launcher(home, work, "--data-root", str(data_root), "--max-upload-mb",
+                                   str(MAX_UPLOAD_MB), "--session-timeout", "5")
+    yield {"url": f"http://127.0.0.1:{port}/", "work": work}
+    stop_launcher(process)
+    assert not any(work.iterdir()), "the launcher left files behind"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(server["url"])
+    page.wait_for_selector('[data-testid="run"]', timeout=120_000)
+    return page
+
+
+def upload(page, path: Path) -> None:
+    page.set_input_files('[data-testid="upload"]', str(path))
+
+
+def open_image(page, path: Path) -> None:
+    upload(page, path)
+    page.wait_for_selector(f'[data-testid="input-name"]:has-text("{path.name}")', timeout=120_000)
+
+
+def choose(page, testid: str, option: str) -> None:
+    page.click(f'[data-testid="{testid}"]')
+    page.click(f'.v-overlay--active .v-list-item:has-text("{option}")')
+
+
+def run_fast(page) -> None:
+    choose(page, "speed", "fast")
+    page.click('[data-testid="run"]')
+
+
+def screenshot(page, name: str, tmp_path: Path) -> Image.Image:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path))
+    if os.environ.get("TOTALSEG_WEB_SCREENSHOTS"):
+        shutil.copy(path, Path(os.environ["TOTALSEG_WEB_SCREENSHOTS"]) / f"web-{name}.png")
+    return Image.open(path).convert("RGB")
+
+
+def coloured_pixels(image: Image.Image, box: tuple[int, int, int, int]) -> int:
+    """Pixels of clearly non-grey colour in a region: a CT is grey, segment colours are not."""
+    rgb = np.asarray(image.crop(box)).astype(int)
+    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())
+
+
+def view_boxes(page) -> dict[str, tuple[int, int, int, int]]:
+    """Screen boxes of the four views: the right-hand layout is coronal, 3D / sagittal, axial (Quad View)."""
+    boxes = {}
+    for element in page.query_selector_all(".v-main img, .v-main canvas, .v-main video"):
+        b = element.bounding_box()
+        if b and b["width"] > 100:
+            boxes[(round(b["x"]), round(b["y"]))] = (int(b["x"]), int(b["y"]), int(b["x"] + b["width"]),
+                                                     int(b["y"] + b["height"]))
+    ordered = [boxes[key] for key in sorted(boxes, key=lambda k: (k[1] > 300, k[0]))]
+    assert len(ordered) == 4, f"expected four views, found {len(ordered)}"
+    return dict(zip(("coronal", "threed", "sagittal", "axial"), ordered))
+
+
+def engine_processes(marker: str) -> list[int]:
+    """PIDs of engine runs whose command line mentions ``marker`` (a session's folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "totalseg_engine" in cmdline and "-i" in cmdline and marker in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def cli_result(home, data_dir, tmp_path_factory):
+    """The command line's multilabel result on the same file and weights."""
+    out = tmp_path_factory.mktemp("cli") / "example_ct_total.nii.gz"
+    env = {**os.environ, "TOTALSEG_HOME_DIR": str(home)}
+    subprocess.run([sys.executable, "-m", "totalseg_engine", "-i", str(data_dir / "example_ct.nii.gz"), "-o",
+                    str(out), "--ml", "--fast", "--device", "cpu"], env=env, check=True, timeout=600)
+    return imageio.read_image(out)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_upload_run_view_and_download_equal_the_command_line(browser, server, data_dir, cli_result, tmp_path):
+    page = new_page(browser, server)
+    open_image(page, data_dir / "example_ct.nii.gz")
+    before = screenshot(page, "loaded", tmp_path)
+    boxes = view_boxes(page)
+    assert all(coloured_pixels(before, boxes[v]) < 50 for v in ("axial", "coronal", "sagittal", "threed"))
+
+    run_fast(page)
+    page.wait_for_selector('[data-testid="run"]:has-text("Cancel")', timeout=30_000)
+    page.wait_for_selector('[data-testid="segments"]', timeout=RUN_TIMEOUT_MS)
+    page.wait_for_timeout(3000)  # let the views stream their new frames
+    after = screenshot(page, "segmented", tmp_path)
+
+    labels = np.asanyarray(cli_result.dataobj)
+    label_map = imageio.read_label_map(cli_result)
+    expected = [terminology.segment_info(label_map[v])[0] for v in sorted(set(np.unique(labels)) - {0})]
+    shown = [e.inner_text().strip() for e in page.query_selector_all('[data-testid="segments"] .segment-name')]
+    assert shown == expected and len(shown) > 3
+
+    for view in ("axial", "coronal", "sagittal", "threed"):
+        assert coloured_pixels(after, boxes[view]) > 200, f"no segment colour in the {view} view"
+
+    with page.expect_download() as download:
+        page.click('[data-testid="download-nifti"]')
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    web = imageio.read_image(saved)
+    assert np.array_equal(np.asanyarray(web.dataobj), labels)
+    assert np.allclose(web.affine, cli_result.affine) and imageio.read_label_map(web) == label_map
+    for kind in ("seg_nrrd", "statistics_csv", "statistics_json"):
+        assert page.query_selector(f'[data-testid="download-{kind}"]') is not None
+    assert page.query_selector('[data-testid="download-dicom_seg"]') is None  # only for DICOM inputs
+    assert "liver" in page.inner_text('[data-testid="statistics"]').lower() or len(
+        page.query_selector_all('[data-testid="statistics"] tbody tr')) > 0
+
+    page.click('[data-testid="preset-CT_LUNG"]')
+    page.wait_for_timeout(1500)
+    lung = screenshot(page, "lung-window", tmp_path)
+    assert np.asarray(lung.crop(boxes["axial"])).mean() != pytest.approx(np.asarray(after.crop(boxes["axial"])).mean(),
+                                                                         abs=1.0)
+    axial = boxes["axial"]
+    page.mouse.move((axial[0] + axial[2]) / 2, (axial[1] + axial[3]) / 2)
+    page.wait_for_function("document.querySelector('[data-testid=\"probe\"]').innerText.includes('voxel')",
+                           timeout=15_000)
+
+    first = page.query_selector('[data-testid="segments"] input[type="checkbox"]')
+    first.click()
+    page.wait_for_timeout(500)
+    assert not first.is_checked()
+    page.context.close()
+
+
+def test_a_dicom_series_from_the_data_root_gives_a_dicom_seg(browser, server, data_root, tmp_path):
+    page = new_page(browser, server)
+    page.click('[data-testid="entry-ct_dicom"]')
+    page.wait_for_selector('[data-testid="input-name"]:has-text("ct_dicom")', timeout=120_000)
+    run_fast(page)
+    page.wait_for_selector('[data-testid="download-dicom_seg"]', timeout=RUN_TIMEOUT_MS)
+    with page.expect_download() as download:
+        page.click('[data-testid="download-dicom_seg"]')
+    import pydicom
+
+    seg = pydicom.dcmread(download.value.path())
+    shown = page.query_selector_all('[data-testid="segments"] .segment-name')
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(shown) > 0
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    # the SEG points at each slice it was computed from (this series' own UIDs are empty: the writer fills them)
+    assert len(referenced) == len(list((data_root / "ct_dicom").iterdir()))
+    page.context.close()
+
+
+def test_escaping_the_data_root_is_refused(browser, server):
+    page = new_page(browser, server)
+    names = page.inner_text('[data-testid="data-root"]')
+    assert "ct_dicom" in names and "private" not in names  # the link to a file outside is not listed
+    for path in ("../outside/private.nii.gz", "/etc/passwd", "private.nii.gz"):
+        page.evaluate(f"window.trame.trigger('totalseg_open_entry', ['{path}', 'image'])")
+        page.wait_for_selector('[data-testid="error"]', timeout=15_000)
+        assert "data folder" in page.inner_text('[data-testid="error"]')
+        page.evaluate("window.trame.state.set('error_message', '')")
+        page.wait_for_selector('[data-testid="error"]', state="detached")
+    assert page.inner_text('[data-testid="input-name"]') == ""
+    page.context.close()
+
+
+def test_a_corrupt_or_too_large_upload_gets_a_message_and_the_session_stays_usable(
+        browser, server, data_dir, tmp_path):
+    page = new_page(browser, server)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes((data_dir / "example_ct.nii.gz").read_bytes()[:5000])
+    upload(page, broken)
+    page.wait_for_selector('[data-testid="error"]', timeout=60_000)
+    assert "broken.nii.gz" in page.inner_text('[data-testid="error"]')
+
+    big = tmp_path / "big.nii"
+    big.write_bytes(b"\0" * ((MAX_UPLOAD_MB + 1) * 2**20))
+    upload(page, big)
+    page.wait_for_function("document.querySelector('[data-testid=\"error\"]').innerText.includes('limit')",
+                           timeout=60_000)
+    screenshot(page, "corrupt-upload", tmp_path)
+
+    open_image(page, data_dir / "example_ct_sm.nii.gz")  # the same session opens a good file afterwards
+    assert page.query_selector('[data-testid="error"]') is None
+    page.context.close()
+
+
+def test_the_upload_limit_holds_for_a_client_that_ignores_the_page(server, browser):
+    """A request that skips the page's own size check is cut off by the server, and nothing of it is kept."""
+    page = new_page(browser, server)
+    session_url = page.url.rsplit("/", 1)[0] + "/"
+    body = b"\0" * ((MAX_UPLOAD_MB + 2) * 2**20)
+    answer = page.request.post(session_url + "upload", multipart={
+        "file": {"name": "huge.nii", "mimeType": "application/octet-stream", "buffer": body}}, timeout=120_000)
+    assert "limit" in answer.json()["error"]
+    session = Path(server["work"]).glob("*/sessions/*/uploads/huge.nii")
+    assert not list(session)
+    page.context.close()
+
+
+def test_two_sessions_queue_their_runs_and_cancel_leaves_nothing_running(browser, server, data_dir, tmp_path):
+    first, second = new_page(browser, server), new_page(browser, server)
+    open_image(first, data_dir / "example_ct.nii.gz")
+    assert second.inner_text('[data-testid="input-name"]') == ""  # the other session's scene is not shown here
+    open_image(second, data_dir / "example_ct_sm.nii.gz")
+    assert first.inner_text('[data-testid="input-name"]') == "example_ct.nii.gz"
+
+    run_fast(first)
+    first.wait_for_selector('[data-testid="run"]:has-text("Cancel")', timeout=30_000)
+    run_fast(second)
+    second.wait_for_function(
+        "document.querySelector('[data-testid=\"progress-message\"]').innerText.includes('1 run ahead')",
+        timeout=30_000)
+    screenshot(second, "queued", tmp_path)
+
+    first.wait_for_function("document.querySelector('[data-testid=\"progress-message\"]').innerText"
+                            ".match(/Loading|Reading|Resampling|Predicting/)", timeout=60_000)
+    first.click('[data-testid="run"]')  # Cancel
+    first.wait_for_selector('[data-testid="run"]:has-text("Run")', timeout=30_000)
+    assert "Cancelled" in first.inner_text('[data-testid="status"]')
+    sessions = list(Path(server["work"]).glob("*/sessions/*"))
+    deadline = time.monotonic() + 10
+    while any(engine_processes(str(s)) for s in sessions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    second.wait_for_function("!document.querySelector('[data-testid=\"progress-message\"]').innerText"
+                             ".includes('ahead')", timeout=60_000)  # its turn came once the first was cancelled
+    second.click('[data-testid="run"]')  # Cancel the second run too
+    second.wait_for_selector('[data-testid="run"]:has-text("Run")', timeout=30_000)
+    deadline = time.monotonic() + 10
+    while any(engine_processes(str(s)) for s in sessions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(engine_processes(str(s)) for s in sessions), "an engine process outlived Cancel"
+
+    run_fast(first)  # the app stays usable: the first session runs to the end
+    first.wait_for_selector('[data-testid="segments"]', timeout=RUN_TIMEOUT_MS)
+    first.context.close()
+    second.context.close()
+
+
+def test_a_closed_session_is_removed_with_its_files(browser, server, data_dir):
+    page = new_page(browser, server)
+    open_image(page, data_dir / "example_ct_sm.nii.gz")
+    sid = page.url.split("/s/")[1].split("/")[0]
+    folder = next(Path(server["work"]).glob(f"*/sessions/{sid}"))
+    assert any(folder.rglob("example_ct_sm.nii.gz"))
+    page.context.close()
+    deadline = time.monotonic() + 60  # --session-timeout 5 in this server
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not folder.exists()
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(f"{server['url']}s/{sid}/")
+    assert gone.value.code == 404
+
+
+def test_a_token_is_required_when_set(home, tmp_path):
+    process, port = start_launcher(home, tmp_path, "--token", "s3cret")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/")
+        assert refused.value.code == 401 and "token" in refused.value.read().decode()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        page = opener.open(f"http://127.0.0.1:{port}/?token=s3cret", timeout=180)
+        assert page.status == 200 and "/s/" in page.url  # the cookie carries the token to the session
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(page.url)  # the session's address without the token
+        assert other.value.code == 401
+    finally:
+        stop_launcher(process)

@@ -1,0 +1,419 @@
+"""One browser session: its own MRML scene, views, panel and runs, in its own process.
+
+The launcher starts one of these per browser session (``python -m totalseg_web.session_app``) and proxies the
+browser to it; it listens on 127.0.0.1 only and, given ``--proxy-secret``, answers only requests that carry
+it. Everything MRML and VTK happens on the event loop's thread; reading an input runs in an executor, and a
+run is the panel's job polled from an asyncio task, so the page stays responsive while the engine works in
+its child process. The process ends when its browser has been gone for ``--idle-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import slicer
+from aiohttp import web
+from totalseg_engine import runner, terminology
+from totalseg_engine.errors import TotalSegmentatorError
+from totalseg_engine.tasks import get_task
+from totalseg_slicer import panel_state
+from totalseg_slicer.devices import query_devices
+from totalseg_slicer.job import JobRequest
+from trame.app import get_server
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+
+from . import inputs, probe, session_ui
+from .data_root import DataRoot, OutsideDataRootError
+from .run_queue import RunQueue, Ticket
+from .web_job import DOWNLOAD_KINDS, WebSegmentationJob, statistics_rows
+
+PORT_LINE = "TOTALSEG_WEB_SESSION_PORT="
+PROXY_HEADER = "X-TotalSeg-Proxy"
+POLL_S = 0.25
+QUEUE_POLL_S = 0.5
+SERVE = {"totalseg_web": str(Path(__file__).with_name("serve"))}
+INPUT_ERRORS = (TotalSegmentatorError, ValueError, OSError)
+STATISTICS_HEADERS = [{"title": "Structure", "key": "name"}, {"title": "Volume (ml)", "key": "volume_ml"},
+                      {"title": "Mean intensity", "key": "intensity"}]
+
+
+def _hex(color) -> str:
+    return "#" + "".join(f"{round(max(0.0, min(1.0, c)) * 255):02x}" for c in color[:3])
+
+
+class Session:
+    def __init__(self, server, options: argparse.Namespace) -> None:
+        self.server, self.state, self.ctrl = server, server.state, server.controller
+        self.options = options
+        self.folder = Path(options.session_dir)
+        self.uploads = self.folder / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = int(options.max_upload_mb * 2**20)
+        self.data_root = DataRoot(options.data_root) if options.data_root else None
+        self.queue = RunQueue(options.queue_dir, options.concurrent_runs)
+        self.slicer_app = SlicerApp()
+        self.scene = self.slicer_app.scene
+        register_rca_factories(self.slicer_app.view_manager, server)
+        self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout("Quad View")
+        self.volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None
+        self.opened: Optional[inputs.OpenedInput] = None
+        self.job: Optional[WebSegmentationJob] = None
+        self.result: Optional[WebSegmentationJob] = None
+        self.ticket: Optional[Ticket] = None
+        self.cancel_requested = False
+        self._run_task: Optional[asyncio.Task] = None
+        self.runs = 0
+        self._init_state()
+        self._bind()
+        session_ui.build_page(server, self.layout_manager, "TotalSegmentator")
+
+    # ------------------------------------------------------------------ state and bindings
+
+    def _init_state(self) -> None:
+        self.state.update({
+            "trame__title": "TotalSegmentator", "input_name": "", "has_input": False, "busy_loading": False,
+            "error_message": "", "status_message": "Upload a CT or MR image, or open one from the server.",
+            "max_upload_mb": self.options.max_upload_mb, "data_root_enabled": self.data_root is not None,
+            "data_path": "", "data_entries": [], "modality_filter": panel_state.ALL, "task": "total",
+            "task_items": [], "speed": "normal", "speed_items": [], "roi_enabled": True, "roi_items": [],
+            "roi_subset": [], "device": "auto", "device_items": [{"title": "auto", "value": "auto"}],
+            "task_licensed": False, "license_number": "", "running": False, "progress": 0,
+            "progress_message": "", "queue_message": "", "segments": [], "opacity": 1.0, "show_3d": True,
+            "probe_text": "", "statistics": [], "statistics_headers": STATISTICS_HEADERS, "downloads": [],
+        })
+        self._task_lists("All", "total")
+
+    def _bind(self) -> None:
+        self.server.enable_module(trame_slicer_module)
+        self.server.enable_module({"serve": SERVE, "scripts": ["totalseg_web/upload.js"]})
+        self.ctrl.on_server_bind.add(self._add_routes)
+        self.ctrl.on_server_ready.add(self._announce)
+        self.ctrl.trigger("totalseg_uploaded")(self.on_uploaded)
+        self.ctrl.trigger("totalseg_open_entry")(self.open_entry)  # named: the tests call it as a browser could
+        for name in ("run_or_cancel", "set_segment_visible", "apply_preset", "browse_up"):
+            setattr(self.ctrl, name, getattr(self, name))
+        self.state.change("modality_filter")(self._on_filter)
+        self.state.change("task")(self._on_task)
+        self.state.change("opacity", "show_3d")(self._on_display)
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
+
+    def _add_routes(self, wslink_server) -> None:
+        app = wslink_server.app
+        if self.options.proxy_secret:
+            app.middlewares.append(self._from_launcher_only)
+        app.router.add_post("/upload", self.upload)
+        app.router.add_get("/download/{kind}", self.download)
+
+    @web.middleware
+    async def _from_launcher_only(self, request, handler):
+        if not hmac.compare_digest(request.headers.get(PROXY_HEADER, ""), self.options.proxy_secret):
+            return web.Response(status=403, text="Open the app through its launcher address.")
+        return await handler(request)
+
+    def _announce(self, **_) -> None:
+        print(f"{PORT_LINE}{self.server.port}", flush=True)
+        asyncio.get_event_loop().create_task(self._load_devices())
+        if self.data_root:
+            self.browse("")
+
+    async def _load_devices(self) -> None:
+        devices = await asyncio.get_event_loop().run_in_executor(None, query_devices, sys.executable)
+        with self.state:
+            self.state.device_items = [{"title": label, "value": value} for label, value in devices]
+
+    # ------------------------------------------------------------------ panel rules (the Slicer panel's)
+
+    def _task_lists(self, modality_filter: str, task: str) -> None:
+        self.state.task_items = [{"title": c.label, "value": c.name} for c in panel_state.task_choices(modality_filter)]
+        self.state.task = panel_state.task_after_filter_change(modality_filter, task)
+        self._on_task(self.state.task)
+
+    def _on_filter(self, modality_filter, **_) -> None:
+        self._task_lists(modality_filter, self.state.task)
+
+    def _on_task(self, task, **_) -> None:
+        offered = [speed for speed, ok in panel_state.offered_speeds(task).items() if ok]
+        self.state.speed_items = offered
+        self.state.speed = panel_state.speed_for(task, self.state.speed)
+        self.state.roi_enabled = panel_state.roi_supported(task)
+        self.state.roi_items = [{"title": terminology.segment_info(name)[0], "value": name}
+                                for name in get_task(task).class_names] if self.state.roi_enabled else []
+        self.state.roi_subset = [name for name in self.state.roi_subset if name in get_task(task).class_names]
+        self.state.task_licensed = get_task(task).licensed
+
+    # ------------------------------------------------------------------ inputs
+
+    async def upload(self, request: web.Request) -> web.Response:
+        if self.state.running:
+            return web.json_response({"error": "A segmentation is running; cancel it or wait before uploading."})
+        part = await (await request.multipart()).next()
+        name = inputs.safe_name(part.filename or "")
+        try:
+            inputs.check_image_name(name)
+            shutil.rmtree(self.uploads, ignore_errors=True)  # one input at a time: the previous one goes
+            self.uploads.mkdir(parents=True)
+            await inputs.save_stream(_chunks(part), self.uploads / name, self.max_bytes)
+        except (inputs.UploadTooLargeError, inputs.UnsupportedInputError) as err:
+            return web.json_response({"error": str(err)})
+        return web.json_response({"name": name})
+
+    async def on_uploaded(self, answer: dict) -> None:
+        if "too_large" in answer:
+            size = f"'{answer.get('name', '')}' ({answer['too_large'] / 2**20:.0f} MB)"
+            return self._fail(inputs.too_large_message(size, self.max_bytes))
+        if "error" in answer:
+            return self._fail(answer["error"])
+        await self._open(self.uploads / inputs.safe_name(answer["name"]), answer["name"])
+
+    def browse(self, relative: str) -> None:
+        try:
+            entries = self.data_root.listing(relative)
+        except (OutsideDataRootError, OSError) as err:
+            return self._fail(str(err))
+        with self.state:
+            self.state.data_path = relative.strip("/")
+            self.state.data_entries = [vars(entry) for entry in entries]
+
+    def browse_up(self) -> None:
+        self.browse("/".join(self.state.data_path.split("/")[:-1]))
+
+    async def open_entry(self, relative: str, kind: str) -> None:
+        if kind == "folder":
+            return self.browse(relative)
+        try:
+            path = self.data_root.resolve(relative)
+        except (OutsideDataRootError, OSError) as err:
+            return self._fail(str(err))
+        await self._open(path, Path(relative).name)
+
+    async def _open(self, path: Path, name: str) -> None:
+        if self.state.running:
+            return self._fail("A segmentation is running; cancel it or wait before opening another image.")
+        with self.state:
+            self.state.busy_loading, self.state.error_message = True, ""
+            self.state.status_message = f"Reading {name}"
+        loop = asyncio.get_event_loop()
+        try:
+            opened = await loop.run_in_executor(None, inputs.open_input, path, self.uploads, self.max_bytes, name)
+            self._show(opened)
+        except INPUT_ERRORS as err:
+            self._fail(f"Could not open {name}: {err}")
+        finally:
+            with self.state:
+                self.state.busy_loading = False
+
+    def _show(self, opened: inputs.OpenedInput) -> None:
+        volumes = self.slicer_app.io_manager.load_volumes(opened.viewer_files)
+        if not volumes:
+            raise ValueError("the viewer could not read it as a volume.")
+        self._clear_scene()
+        self.volume, self.opened = volumes[0], opened
+        for extra in volumes[1:]:
+            self.scene.RemoveNode(extra)
+        self.slicer_app.display_manager.show_volume_in_slice_background(self.volume)
+        self.slicer_app.display_manager.reset_views()
+        with self.state:
+            self.state.update({"input_name": opened.name, "has_input": True, "segments": [], "statistics": [],
+                               "downloads": [], "progress_message": "", "probe_text": "",
+                               "status_message": f"{opened.name} is open. Choose a task and press Run."})
+
+    def _clear_scene(self) -> None:
+        for node in (self.result.segmentation_node if self.result else None, self.volume):
+            if node is not None and node.GetScene() is self.scene:
+                self.scene.RemoveNode(node)
+        self.result = None
+
+    # ------------------------------------------------------------------ runs
+
+    async def run_or_cancel(self) -> None:
+        if self.state.running:
+            return self.cancel()
+        try:
+            request = JobRequest(task=self.state.task, speed=self.state.speed, device=self.state.device,
+                                 roi_subset=list(self.state.roi_subset) if self.state.roi_enabled else [],
+                                 license_number=self.state.license_number or None)
+            self.runs += 1
+            job = WebSegmentationJob(self.scene, self.volume, request, self.opened,
+                                     self.folder / "results" / f"run-{self.runs}", python=sys.executable,
+                                     temp_root=self.folder)
+        except (TotalSegmentatorError, ValueError) as err:
+            return self._fail(str(err))
+        job.on_progress = self._on_progress
+        self.job, self.cancel_requested = job, False
+        with self.state:
+            self.state.update({"running": True, "progress": -1, "error_message": "", "status_message": "",
+                               "progress_message": "Waiting for a free slot"})
+        # A task of its own: trame handles one client's triggers one after another, so awaiting the run here
+        # would hold back the Cancel click until the run had ended.
+        self._run_task = asyncio.get_event_loop().create_task(self._run(job))
+
+    async def _run(self, job: WebSegmentationJob) -> None:
+        self.ticket = self.queue.join(Path(self.folder).name)
+        started = time.monotonic()
+        try:
+            if await self._wait_for_turn():
+                job.start()
+                while not job.poll():
+                    await asyncio.sleep(POLL_S)
+                self._finished(job, time.monotonic() - started)
+            else:
+                self._set_final_status("Cancelled while waiting in the queue.")
+        except Exception as err:  # an unexpected failure must not leave the page stuck in "running"
+            job.cancel()
+            self._fail(f"The run failed: {err}")
+        finally:
+            self.ticket.leave()
+            self.job = None
+            with self.state:
+                self.state.update({"running": False, "queue_message": ""})
+
+    async def _wait_for_turn(self) -> bool:
+        while (ahead := self.ticket.ahead()) > 0:
+            if self.cancel_requested:
+                return False
+            with self.state:
+                self.state.queue_message = (f"Queued: {ahead} run{'s' if ahead > 1 else ''} ahead of yours "
+                                            "on this server.")
+            await asyncio.sleep(QUEUE_POLL_S)
+        with self.state:
+            self.state.queue_message = ""
+        return not self.cancel_requested
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self.job is not None and self.job.state_name == "running":
+            self.job.cancel()
+
+    def _on_progress(self, fraction: Optional[float], message: str) -> None:
+        with self.state:
+            self.state.progress = -1 if fraction is None else round(100 * fraction)
+            self.state.progress_message = message
+
+    def _finished(self, job: WebSegmentationJob, seconds: float) -> None:
+        if job.state_name != "succeeded":
+            return self._fail(job.error_message) if job.state_name == "failed" else self._set_final_status(
+                job.error_message or "Cancelled.")
+        if self.result is not None and self.result.segmentation_node.GetScene() is self.scene:
+            self.scene.RemoveNode(self.result.segmentation_node)
+        self.result = job
+        node = job.segmentation_node
+        node.CreateClosedSurfaceRepresentation()
+        self._on_display()
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()
+        with self.state:
+            self.state.segments = self._segment_rows()
+            self.state.statistics = [
+                {**row, "volume_ml": round(row["volume_mm3"] / 1000, 2), "intensity": round(row["intensity"], 1)}
+                for row in statistics_rows(job.downloads["statistics_json"])
+                if row["volume_mm3"]] if "statistics_json" in job.downloads else []
+            self.state.downloads = [{"kind": kind, "label": DOWNLOAD_KINDS[kind][1], "href": f"download/{kind}",
+                                     "file": path.name} for kind, path in job.downloads.items()]
+            self.state.progress, self.state.progress_message = 100, f"Done in {seconds:.0f} s."
+            self.state.status_message = ""
+
+    def _set_final_status(self, message: str) -> None:
+        with self.state:
+            self.state.status_message, self.state.progress_message = message, ""
+
+    def _segment_rows(self) -> list[dict]:
+        node = self.result.segmentation_node
+        segmentation, display = node.GetSegmentation(), node.GetDisplayNode()
+        return [{"id": sid, "name": segmentation.GetSegment(sid).GetName(),
+                 "color": _hex(segmentation.GetSegment(sid).GetColor()),
+                 "visible": bool(display.GetSegmentVisibility(sid))} for sid in segmentation.GetSegmentIDs()]
+
+    # ------------------------------------------------------------------ display
+
+    def set_segment_visible(self, segment_id: str, visible: bool) -> None:
+        if self.result is None:
+            return
+        self.result.segmentation_node.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
+        self.state.segments = self._segment_rows()
+
+    def _on_display(self, **_) -> None:
+        if self.result is None:
+            return
+        display = self.result.segmentation_node.GetDisplayNode()
+        display.SetOpacity(float(self.state.opacity))
+        display.SetVisibility3D(bool(self.state.show_3d))
+
+    def apply_preset(self, preset: str) -> None:
+        if self.volume is not None:
+            self.slicer_app.volumes_logic.ApplyVolumeDisplayPreset(self.volume.GetVolumeDisplayNode(), preset)
+
+    def _on_cursor(self, crosshair, _event) -> None:
+        ras = [0.0, 0.0, 0.0]
+        if self.volume is None or not crosshair.GetCursorPositionRAS(ras):
+            return
+        names = {}
+        if self.result is not None:
+            task = get_task(self.result.request.task)
+            names = {label: terminology.segment_info(name)[0] for label, name in task.classes.items()}
+        text = probe.describe(self.volume, ras, self.result.labels if self.result else None, names)
+        if text != self.state.probe_text:
+            with self.state:
+                self.state.probe_text = text
+
+    # ------------------------------------------------------------------ downloads and messages
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        kind = request.match_info["kind"]
+        path = self.result.downloads.get(kind) if self.result else None
+        if path is None or not path.exists():
+            return web.Response(status=404, text="Nothing to download yet: run a segmentation first.")
+        return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+    def _fail(self, message: str) -> None:
+        with self.state:
+            self.state.error_message, self.state.status_message = message, ""
+
+
+async def _chunks(part):
+    while chunk := await part.read_chunk(inputs.CHUNK_BYTES):
+        yield chunk
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="totalseg_web session", description=__doc__.splitlines()[0])
+    parser.add_argument("--session-dir", required=True, type=Path)
+    parser.add_argument("--queue-dir", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--data-root", type=Path)
+    parser.add_argument("--max-upload-mb", type=float, default=2048)
+    parser.add_argument("--concurrent-runs", type=int, default=1)
+    parser.add_argument("--idle-timeout", type=int, default=300)
+    parser.add_argument("--proxy-secret", default="")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    options = build_parser().parse_args(argv)
+    sys.argv = sys.argv[:1]  # trame parses the command line too; these options are not its own
+    server = get_server(name="totalseg_web", client_type="vue3")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        Session(server, options)
+        server.start(port=options.port, host="127.0.0.1", open_browser=False, timeout=options.idle_timeout,
+                     show_connection_info=False, disable_logging=True)
+    finally:
+        runner.cancel_all()
+        shutil.rmtree(options.session_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The Slicer panel's job, as the web app runs it: on the opened file itself, keeping the outputs for download.
+
+Running the engine on the uploaded file (not on a copy exported from the scene) makes the downloaded NIfTI the
+command line's result voxel for voxel, and lets a DICOM input also get its DICOM SEG from the same run. The
+export, child process, progress, cancel and import are the panel's ``SegmentationJob``: no second pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import slicer
+from totalseg_engine import imageio, terminology
+from totalseg_slicer import seg_nrrd, segmentation_import
+from totalseg_slicer.job import JobRequest, SegmentationJob
+
+from .inputs import OpenedInput
+
+DOWNLOAD_KINDS = {  # kind -> (file suffix, what the download link says)
+    "nifti": (".nii.gz", "Multilabel NIfTI (with label table)"),
+    "seg_nrrd": (".seg.nrrd", "Slicer segmentation (.seg.nrrd)"),
+    "dicom_seg": ("_seg.dcm", "DICOM SEG"),
+    "statistics_csv": ("_statistics.csv", "Statistics (CSV)"),
+    "statistics_json": ("_statistics.json", "Statistics (JSON)"),
+}
+
+
+class WebSegmentationJob(SegmentationJob):
+    def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
+                 request: JobRequest, opened: OpenedInput, results_folder: Path, python: Optional[str] = None,
+                 temp_root: Optional[Path] = None) -> None:
+        request.statistics = True
+        super().__init__(scene, input_volume, None, request, python=python, temp_root=temp_root)
+        self.opened = opened
+        self.results_folder = results_folder
+        self.output_types = ("nifti", "dicom_seg") if opened.is_dicom else ("nifti",)
+        self.downloads: dict[str, Path] = {}
+        self.labels: Optional[np.ndarray] = None  # on the volume's voxels (i, j, k), for "what is under the cursor"
+
+    def _export(self, path: Path) -> Path:
+        return self.opened.source
+
+    def _import_result(self) -> None:
+        super()._import_result()
+        labels = imageio.read_image(self._result_path)
+        self.labels = segmentation_import.labels_on_volume_grid(
+            np.asanyarray(labels.dataobj), labels.affine, self.input_volume)
+        self._keep_outputs()
+
+    def _keep_outputs(self) -> None:
+        """Move the engine's files out of the job's temporary folder (removed after this) and add the others."""
+        self.results_folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{_file_stem(self.opened.name)}_{self.request.task}"
+        target = {kind: self.results_folder / f"{stem}{suffix}" for kind, (suffix, _) in DOWNLOAD_KINDS.items()}
+        engine_files = {"nifti": self._result_path, "dicom_seg": self._folder / "segmentation_seg.dcm",
+                        "statistics_json": self._folder / "statistics.json"}
+        for kind, source in engine_files.items():
+            if source.exists():
+                shutil.move(str(source), target[kind])
+                self.downloads[kind] = target[kind]
+        seg_nrrd.save_seg_nrrd(self.segmentation_node, target["seg_nrrd"], overwrite=True)
+        self.downloads["seg_nrrd"] = target["seg_nrrd"]
+        if "statistics_json" in self.downloads:
+            write_statistics_csv(self.downloads["statistics_json"], target["statistics_csv"])
+            self.downloads["statistics_csv"] = target["statistics_csv"]
+
+
+def _file_stem(name: str) -> str:
+    stem = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd|\.zip)$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "segmentation"
+
+
+def statistics_rows(statistics_json: Path) -> list[dict]:
+    """One row per class: class name, display name, volume (mm³) and mean intensity, as the engine computed."""
+    stats = json.loads(statistics_json.read_text(encoding="utf-8"))
+    rows = []
+    for class_name, values in stats.items():
+        display = terminology.segment_info(class_name)[0]
+        rows.append({"structure": class_name, "name": display, "volume_mm3": values.get("volume"),
+                     "intensity": values.get("intensity")})
+    return rows
+
+
+def write_statistics_csv(statistics_json: Path, target: Path) -> None:
+    rows = statistics_rows(statistics_json)
+    with imageio.atomic_output(target, overwrite=True) as temp, open(temp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=["structure", "name", "volume_mm3", "intensity"])
+        writer.writeheader()
+        writer.writerows(rows)
