@@ -375,3 +375,21 @@ def test_a_token_is_required_when_set(home, tmp_path):
         assert other.value.code == 401
     finally:
         stop_launcher(process)
+
+
+def test_a_non_local_host_gets_a_token_unless_told_loudly_otherwise():
+    from totalseg_web import launcher
+
+    parser = launcher.build_parser()
+    local = parser.parse_args([])
+    assert launcher.access_token(local) is None and "?token" not in launcher.banner(local, None, 8080)
+    public = parser.parse_args(["--host", "0.0.0.0"])
+    token = launcher.access_token(public)
+    assert token and len(token) >= 20 and f"?token={token}" in launcher.banner(public, token, 8080)
+    assert launcher.access_token(public) != token  # a new random one each start
+    open_server = parser.parse_args(["--host", "10.0.0.5", "--no-token"])
+    assert launcher.access_token(open_server) is None
+    assert "WARNING" in launcher.banner(open_server, None, 8080) and "OPEN" in launcher.banner(open_server, None, 8080)
+    assert launcher.is_loopback("::1") and launcher.is_loopback("localhost") and not launcher.is_loopback("0.0.0.0")
+    with pytest.raises(SystemExit):
+        launcher.check_options(parser, parser.parse_args(["--token", "a", "--no-token"]))
