@@ -24,7 +24,7 @@ from aiohttp import web
 from totalseg_engine import runner, terminology
 from totalseg_engine.errors import TotalSegmentatorError
 from totalseg_engine.tasks import get_task
-from totalseg_slicer import panel_state
+from totalseg_slicer import panel_state, segmentation_import
 from totalseg_slicer.devices import query_devices
 from totalseg_slicer.job import JobRequest
 from trame.app import get_server
@@ -71,6 +71,7 @@ class Session:
         self.opened: Optional[inputs.OpenedInput] = None
         self.job: Optional[WebSegmentationJob] = None
         self.result: Optional[WebSegmentationJob] = None
+        self.label_names: dict[int, str] = {}  # label value -> segment name of the shown result
         self.ticket: Optional[Ticket] = None
         self.cancel_requested = False
         self._run_task: Optional[asyncio.Task] = None
@@ -102,7 +103,7 @@ class Session:
         self.ctrl.on_server_ready.add(self._announce)
         self.ctrl.trigger("totalseg_uploaded")(self.on_uploaded)
         self.ctrl.trigger("totalseg_open_entry")(self.open_entry)  # named: the tests call it as a browser could
-        for name in ("run_or_cancel", "set_segment_visible", "apply_preset", "browse_up"):
+        for name in ("run_or_cancel", "set_segment_visible", "jump_to_segment", "apply_preset", "browse_up"):
             setattr(self.ctrl, name, getattr(self, name))
         self.state.change("modality_filter")(self._on_filter)
         self.state.change("task")(self._on_task)
@@ -220,9 +221,11 @@ class Session:
         if not volumes:
             raise ValueError("the viewer could not read it as a volume.")
         self._clear_scene()
-        self.volume, self.opened = volumes[0], opened
-        for extra in volumes[1:]:
-            self.scene.RemoveNode(extra)
+        largest = max(volumes, key=lambda v: _voxel_count(v))  # as the engine, which reads the largest series
+        self.volume, self.opened = largest, opened
+        for extra in volumes:
+            if extra is not largest:
+                self.scene.RemoveNode(extra)
         self.slicer_app.display_manager.show_volume_in_slice_background(self.volume)
         self.slicer_app.display_manager.reset_views()
         with self.state:
@@ -231,10 +234,17 @@ class Session:
                                "status_message": f"{opened.name} is open. Choose a task and press Run."})
 
     def _clear_scene(self) -> None:
-        for node in (self.result.segmentation_node if self.result else None, self.volume):
-            if node is not None and node.GetScene() is self.scene:
-                self.scene.RemoveNode(node)
-        self.result = None
+        self._drop_result()
+        if self.volume is not None and self.volume.GetScene() is self.scene:
+            self.scene.RemoveNode(self.volume)
+
+    def _drop_result(self) -> None:
+        """Remove the shown result: its segmentation node and its files (one result per session at a time)."""
+        if self.result is not None:
+            if self.result.segmentation_node.GetScene() is self.scene:
+                self.scene.RemoveNode(self.result.segmentation_node)
+            shutil.rmtree(self.result.results_folder, ignore_errors=True)
+        self.result, self.label_names = None, {}
 
     # ------------------------------------------------------------------ runs
 
@@ -303,12 +313,14 @@ class Session:
             self.state.progress_message = message
 
     def _finished(self, job: WebSegmentationJob, seconds: float) -> None:
+        if job.state_name == "failed":
+            return self._fail(job.error_message)
         if job.state_name != "succeeded":
-            return self._fail(job.error_message) if job.state_name == "failed" else self._set_final_status(
-                job.error_message or "Cancelled.")
-        if self.result is not None and self.result.segmentation_node.GetScene() is self.scene:
-            self.scene.RemoveNode(self.result.segmentation_node)
+            return self._set_final_status(job.error_message or "Cancelled.")
+        self._drop_result()
         self.result = job
+        self.label_names = {label: terminology.segment_info(name)[0]
+                            for label, name in get_task(job.request.task).classes.items()}
         node = job.segmentation_node
         node.CreateClosedSurfaceRepresentation()
         self._on_display()
@@ -316,14 +328,24 @@ class Session:
             view.reset_view()
         with self.state:
             self.state.segments = self._segment_rows()
-            self.state.statistics = [
-                {**row, "volume_ml": round(row["volume_mm3"] / 1000, 2), "intensity": round(row["intensity"], 1)}
-                for row in statistics_rows(job.downloads["statistics_json"])
-                if row["volume_mm3"]] if "statistics_json" in job.downloads else []
+            self.state.statistics = self._statistics_table(job)
             self.state.downloads = [{"kind": kind, "label": DOWNLOAD_KINDS[kind][1], "href": f"download/{kind}",
                                      "file": path.name} for kind, path in job.downloads.items()]
             self.state.progress, self.state.progress_message = 100, f"Done in {seconds:.0f} s."
             self.state.status_message = ""
+
+    def _statistics_table(self, job: WebSegmentationJob) -> list[dict]:
+        """A row per segment of the result. TotalSegmentator measures no structure cut off by the image's first
+        or last slice (it reports 0 there, as the official tool does without --stats_include_incomplete): say so."""
+        if "statistics_json" not in job.downloads:
+            return []
+        segmentation = job.segmentation_node.GetSegmentation()
+        present = {segmentation_import.segment_tag(segmentation.GetSegment(sid), segmentation_import.CLASS_TAG)
+                   for sid in segmentation.GetSegmentIDs()}
+        return [{"name": row["name"],
+                 "volume_ml": round(row["volume_mm3"] / 1000, 2) if row["volume_mm3"] else "cut off: not measured",
+                 "intensity": round(row["intensity"], 1) if row["volume_mm3"] else ""}
+                for row in statistics_rows(job.downloads["statistics_json"]) if row["structure"] in present]
 
     def _set_final_status(self, message: str) -> None:
         with self.state:
@@ -344,6 +366,14 @@ class Session:
         self.result.segmentation_node.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
         self.state.segments = self._segment_rows()
 
+    def jump_to_segment(self, segment_id: str) -> None:
+        """Move every slice view through a segment's centre, as a click in Slicer's segment list does."""
+        if self.result is None:
+            return
+        center = self.result.segmentation_node.GetSegmentCenterRAS(segment_id)
+        if center is not None:
+            slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *center, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+
     def _on_display(self, **_) -> None:
         if self.result is None:
             return
@@ -359,11 +389,7 @@ class Session:
         ras = [0.0, 0.0, 0.0]
         if self.volume is None or not crosshair.GetCursorPositionRAS(ras):
             return
-        names = {}
-        if self.result is not None:
-            task = get_task(self.result.request.task)
-            names = {label: terminology.segment_info(name)[0] for label, name in task.classes.items()}
-        text = probe.describe(self.volume, ras, self.result.labels if self.result else None, names)
+        text = probe.describe(self.volume, ras, self.result.labels if self.result else None, self.label_names)
         if text != self.state.probe_text:
             with self.state:
                 self.state.probe_text = text
@@ -380,6 +406,11 @@ class Session:
     def _fail(self, message: str) -> None:
         with self.state:
             self.state.error_message, self.state.status_message = message, ""
+
+
+def _voxel_count(volume: slicer.vtkMRMLScalarVolumeNode) -> int:
+    x, y, z = volume.GetImageData().GetDimensions()
+    return x * y * z
 
 
 async def _chunks(part):

@@ -93,12 +93,13 @@ def _segments_section(ctrl) -> None:
         html.Div("Segments ({{ segments.length }})", classes="text-subtitle-2")
         with v3.VList(density="compact", max_height=260, classes="overflow-y-auto", raw_attrs=_id("segments")), \
                 v3.VListItem(v_for="s in segments", key="s.id", raw_attrs=[':data-testid="\'segment-\' + s.id"']), \
-                html.Div(classes="d-flex align-center ga-2"):
+                html.Div(classes="d-flex align-center justify-start ga-2", style="width: 100%;"):
             html.Span(style=("`display:inline-block;width:14px;height:14px;border-radius:3px;"
                              "background:${s.color}`",), raw_attrs=[':data-color="s.color"'])
             v3.VCheckboxBtn(model_value=("s.visible",), density="compact",
                             update_modelValue=(ctrl.set_segment_visible, "[s.id, $event]"))
-            html.Span("{{ s.name }}", classes="segment-name")
+            html.Span("{{ s.name }}", classes="segment-name text-left flex-grow-1", style="cursor: pointer;",
+                      title="Show this segment in the slice views", click=(ctrl.jump_to_segment, "[s.id]"))
         v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact",
                    hide_details=True, raw_attrs=_id("opacity"))
         v3.VCheckbox(v_model=("show_3d",), label="3D surfaces", density="compact", hide_details=True)

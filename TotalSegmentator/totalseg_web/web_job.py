@@ -51,7 +51,11 @@ class WebSegmentationJob(SegmentationJob):
         labels = imageio.read_image(self._result_path)
         self.labels = segmentation_import.labels_on_volume_grid(
             np.asanyarray(labels.dataobj), labels.affine, self.input_volume)
-        self._keep_outputs()
+        try:
+            self._keep_outputs()
+        except Exception:  # no half set of downloads: the job fails as a whole (the panel's job reports it)
+            shutil.rmtree(self.results_folder, ignore_errors=True)
+            raise
 
     def _keep_outputs(self) -> None:
         """Move the engine's files out of the job's temporary folder (removed after this) and add the others."""
