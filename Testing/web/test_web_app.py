@@ -432,6 +432,23 @@ def test_a_token_is_required_when_set(home, tmp_path):
         stop_launcher(process)
 
 
+def test_a_session_that_cannot_start_is_reported_at_once(home, tmp_path):
+    """The data folder vanished after the server started: each new session fails; say so instead of waiting."""
+    data = tmp_path / "data"
+    data.mkdir()
+    process, port = start_launcher(home, tmp_path / "work", "--data-root", str(data))
+    try:
+        data.rmdir()
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120)
+        assert failed.value.code == 503 and "could not start" in failed.value.read().decode()
+        assert time.monotonic() - started < 60  # not the 180 s start timeout
+    finally:
+        output = stop_launcher(process)
+    assert "data" in output  # the session's own error reached the server's log
+
+
 def test_a_non_local_host_gets_a_token_unless_told_loudly_otherwise():
     from totalseg_web import launcher
 

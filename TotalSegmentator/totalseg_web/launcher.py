@@ -25,8 +25,8 @@ from typing import Optional
 import aiohttp
 from aiohttp import web
 
+from .protocol import PORT_LINE, PROXY_HEADER, SESSION_MODULE
 from .run_queue import RunQueue
-from .session_app import PORT_LINE, PROXY_HEADER
 
 TOKEN_COOKIE = "totalseg_web_token"
 START_TIMEOUT_S = 180.0
@@ -57,6 +57,8 @@ class Launcher:
     def __init__(self, options: argparse.Namespace, token: Optional[str]) -> None:
         self.options = options
         self.token = token
+        if options.work_dir:
+            options.work_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="totalseg_web-", dir=options.work_dir))
         self.queue = RunQueue(self.work / "queue", options.concurrent_runs)
         self.secret = secrets.token_urlsafe(32)
@@ -97,14 +99,15 @@ class Launcher:
         session = await self._start_session()
         response = web.HTTPFound(f"/s/{session.id}/")
         if self.token is not None:
-            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict")
+            # Lax, not Strict: a Strict cookie is not sent when the address was opened from a link on another site
+            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Lax")
         return response
 
     async def _start_session(self) -> SessionProcess:
         sid = secrets.token_urlsafe(18).replace("-", "x").replace("_", "y")
         folder = self.work / "sessions" / sid
         folder.mkdir(parents=True)
-        command = [sys.executable, "-m", "totalseg_web.session_app", "--session-dir", str(folder),
+        command = [sys.executable, "-m", SESSION_MODULE, "--session-dir", str(folder),
                    "--queue-dir", str(self.queue.folder), "--max-upload-mb", str(self.options.max_upload_mb),
                    "--concurrent-runs", str(self.options.concurrent_runs), "--idle-timeout",
                    str(self.options.session_timeout), "--proxy-secret", self.secret]
@@ -118,7 +121,11 @@ class Launcher:
             await asyncio.wait_for(session.ready.wait(), START_TIMEOUT_S)
         except asyncio.TimeoutError as err:
             await self._stop(session)
-            raise web.HTTPServiceUnavailable(text="The session did not start; see the server's log.") from err
+            raise web.HTTPServiceUnavailable(text="The session did not start in time; see the server's log.") from err
+        if not session.port:  # it exited before listening
+            raise web.HTTPServiceUnavailable(text=(
+                f"The session could not start (exit status {session.process.returncode}); the server's log says "
+                "why. Tell the administrator."))
         return session
 
     async def _watch(self, session: SessionProcess) -> None:
@@ -132,6 +139,7 @@ class Launcher:
                 print(f"[session {session.id[:6]}] {text}", flush=True)
         await session.process.wait()
         self._forget(session)
+        session.ready.set()  # wakes a request still waiting for it to start (port 0: it never listened)
 
     def _forget(self, session: SessionProcess) -> None:
         self.sessions.pop(session.id, None)
@@ -147,6 +155,7 @@ class Launcher:
                 session.process.kill()
                 await session.process.wait()
         self._forget(session)
+        session.ready.set()  # wakes a request still waiting for it to start (port 0: it never listened)
 
     # ------------------------------------------------------------------ proxy
 

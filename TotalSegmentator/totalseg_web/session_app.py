@@ -34,11 +34,10 @@ from trame_slicer.rca_view import register_rca_factories
 
 from . import inputs, probe, session_ui
 from .data_root import DataRoot, OutsideDataRootError
+from .protocol import PORT_LINE, PROXY_HEADER
 from .run_queue import RunQueue, Ticket
 from .web_job import DOWNLOAD_KINDS, WebSegmentationJob, statistics_rows
 
-PORT_LINE = "TOTALSEG_WEB_SESSION_PORT="
-PROXY_HEADER = "X-TotalSeg-Proxy"
 POLL_S = 0.25
 QUEUE_POLL_S = 0.5
 SERVE = {"totalseg_web": str(Path(__file__).with_name("serve"))}
@@ -264,7 +263,7 @@ class Session:
         job.on_progress = self._on_progress
         self.job, self.cancel_requested = job, False
         with self.state:
-            self.state.update({"running": True, "progress": -1, "error_message": "", "status_message": "",
+            self.state.update({"running": True, "progress": 0, "error_message": "", "status_message": "",
                                "progress_message": "Waiting for a free slot"})
         # A task of its own: trame handles one client's triggers one after another, so awaiting the run here
         # would hold back the Cancel click until the run had ended.
@@ -309,7 +308,8 @@ class Session:
 
     def _on_progress(self, fraction: Optional[float], message: str) -> None:
         with self.state:
-            self.state.progress = -1 if fraction is None else round(100 * fraction)
+            if fraction is not None:  # a stage without a fraction keeps the bar where it was
+                self.state.progress = round(100 * fraction)
             self.state.progress_message = message
 
     def _finished(self, job: WebSegmentationJob, seconds: float) -> None:

@@ -82,8 +82,9 @@ def _run_section(ctrl) -> None:
     v3.VBtn("{{ running ? 'Cancel' : 'Run' }}", color=("running ? 'error' : 'primary'",), block=True,
             disabled=("!has_input && !running",), click=(ctrl.run_or_cancel,), raw_attrs=_id("run"))
     with html.Div(v_if=("running || progress_message",)):
-        v3.VProgressLinear(model_value=("progress",), indeterminate=("progress < 0",), height=8,
-                           raw_attrs=_id("progress"))
+        # Never indeterminate: its endless animation kept a core of a software-rendering browser busy (a third of
+        # a core in headless Chromium here), taken from the engine when both share a machine.
+        v3.VProgressLinear(model_value=("progress",), height=8, raw_attrs=_id("progress"))
         html.Div("{{ queue_message || progress_message }}", classes="text-caption", raw_attrs=_id("progress-message"))
 
 
