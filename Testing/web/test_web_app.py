@@ -8,6 +8,7 @@ skipped: a missing Chromium or Playwright fails these tests (``.ci/run`` install
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -178,6 +180,17 @@ def coloured_pixels(image: Image.Image, box: tuple[int, int, int, int]) -> int:
     return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())
 
 
+def wait_for_screen(page, condition: Callable[[Image.Image], bool], timeout_s: float = 30) -> Image.Image:
+    """Screenshots until ``condition`` holds: the views' new frames are rendered and streamed some time later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        if condition(image):
+            return image
+        assert time.monotonic() < deadline, "the views never showed what was expected"
+        page.wait_for_timeout(500)
+
+
 def view_boxes(page) -> dict[str, tuple[int, int, int, int]]:
     """Screen boxes of the four views: the right-hand layout is coronal, 3D / sagittal, axial (Quad View)."""
     boxes = {}
@@ -237,10 +250,8 @@ def test_upload_run_view_and_download_equal_the_command_line(browser, server, da
     assert shown == expected and len(shown) > 3
 
     page.click('[data-testid="segments"] .segment-name')  # move the slices through the first segment
-    page.wait_for_timeout(2000)
-    after = screenshot(page, "segmented", tmp_path)
-    for view in ("axial", "coronal", "sagittal", "threed"):
-        assert coloured_pixels(after, boxes[view]) > 200, f"no segment colour in the {view} view"
+    after = wait_for_screen(page, lambda image: all(coloured_pixels(image, box) > 200 for box in boxes.values()))
+    screenshot(page, "segmented", tmp_path)
 
     with page.expect_download() as download:
         page.click('[data-testid="download-nifti"]')
@@ -261,11 +272,10 @@ def test_upload_run_view_and_download_equal_the_command_line(browser, server, da
     table = page.inner_text('[data-testid="statistics"]')
     assert all(name in table for name in shown[:10])  # a row per segment (10 to a page)
 
+    soft_tissue = np.asarray(after.crop(boxes["axial"])).mean()
     page.click('[data-testid="preset-CT_LUNG"]')
-    page.wait_for_timeout(1500)
-    lung = screenshot(page, "lung-window", tmp_path)
-    assert np.asarray(lung.crop(boxes["axial"])).mean() != pytest.approx(np.asarray(after.crop(boxes["axial"])).mean(),
-                                                                         abs=1.0)
+    wait_for_screen(page, lambda image: abs(np.asarray(image.crop(boxes["axial"])).mean() - soft_tissue) > 1)
+    screenshot(page, "lung-window", tmp_path)
     check_probe_names_the_structure_under_the_mouse(page, boxes["axial"], labels, label_map)
 
     first = page.query_selector('[data-testid="segments"] input[type="checkbox"]')
@@ -273,10 +283,9 @@ def test_upload_run_view_and_download_equal_the_command_line(browser, server, da
     page.wait_for_function("!window.trame.state.get('segments')[0].visible", timeout=15_000)  # the server's word
     assert not first.is_checked()
 
+    shown_axial = coloured_pixels(after, boxes["axial"])
     page.evaluate("window.trame.state.set('opacity', 0)")
-    page.wait_for_timeout(2000)
-    hidden = screenshot(page, "opacity-zero", tmp_path)
-    assert coloured_pixels(hidden, boxes["axial"]) < coloured_pixels(after, boxes["axial"]) / 10
+    wait_for_screen(page, lambda image: coloured_pixels(image, boxes["axial"]) < shown_axial / 10)
     page.context.close()
 
 
