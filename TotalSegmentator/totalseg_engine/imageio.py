@@ -467,7 +467,7 @@ def load_image(path: PathLike) -> nib.Nifti1Image:
 # --------------------------------------------------------------------------------------------------
 
 
-def _split_suffix(name: str) -> tuple[str, str]:
+def split_suffix(name: str) -> tuple[str, str]:
     """``(stem, suffix)`` keeping compound suffixes such as ``.nii.gz`` whole, so writers pick the format."""
     for compound in _COMPOUND_SUFFIXES:
         if name.lower().endswith(compound) and len(name) > len(compound):
@@ -478,7 +478,7 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 def _temp_sibling(target: Path, directory: bool) -> Path:
     """A fresh hidden name next to ``target`` (same file system, so the final rename is atomic)."""
-    stem, suffix = (target.name, "") if directory else _split_suffix(target.name)
+    stem, suffix = (target.name, "") if directory else split_suffix(target.name)
     return target.with_name(f".{stem}.tmp-{secrets.token_hex(4)}{suffix}")
 
 

@@ -204,10 +204,14 @@ class SegmentationJob(_Job):
         task = get_task(self.request.task)
         label_map = _requested_classes(task.classes, self.request.roi_subset)
         self.segment_ids = segmentation_import.import_segmentation(
-            self.scene, self._result_path, self._output_node(), self.input_volume, label_map, task.name,
+            self.scene, self._labels(), self._output_node(), self.input_volume, label_map, task.name,
             segment_info_function(self.request.use_standard_names), self.request.replace_existing)
         if self.request.statistics:
             self._load_statistics()
+
+    def _labels(self) -> segmentation_import.LabelSource:
+        """What is imported: the engine's result file (a subclass may read it itself and pass the array on)."""
+        return self._result_path
 
     def _load_statistics(self) -> None:
         path = self._folder / "statistics.json"

@@ -36,7 +36,7 @@ from . import inputs, probe, session_ui
 from .data_root import DataRoot, OutsideDataRootError
 from .protocol import PORT_LINE, PROXY_HEADER
 from .run_queue import RunQueue, Ticket
-from .web_job import DOWNLOAD_KINDS, WebSegmentationJob, statistics_rows
+from .web_job import DOWNLOAD_KINDS, WebSegmentationJob
 
 POLL_S = 0.25
 QUEUE_POLL_S = 0.5
@@ -145,13 +145,13 @@ class Session:
         self._task_lists(modality_filter, self.state.task)
 
     def _on_task(self, task, **_) -> None:
-        offered = [speed for speed, ok in panel_state.offered_speeds(task).items() if ok]
-        self.state.speed_items = offered
+        classes = get_task(task).class_names
+        self.state.speed_items = [speed for speed, ok in panel_state.offered_speeds(task).items() if ok]
         self.state.speed = panel_state.speed_for(task, self.state.speed)
         self.state.roi_enabled = panel_state.roi_supported(task)
         self.state.roi_items = [{"title": terminology.segment_info(name)[0], "value": name}
-                                for name in get_task(task).class_names] if self.state.roi_enabled else []
-        self.state.roi_subset = [name for name in self.state.roi_subset if name in get_task(task).class_names]
+                                for name in classes] if self.state.roi_enabled else []
+        self.state.roi_subset = [name for name in self.state.roi_subset if name in classes]
         self.state.task_licensed = get_task(task).licensed
 
     # ------------------------------------------------------------------ inputs
@@ -266,7 +266,7 @@ class Session:
             self.state.update({"running": True, "progress": 0, "error_message": "", "status_message": "",
                                "progress_message": "Waiting for a free slot"})
         # A task of its own: trame handles one client's triggers one after another, so awaiting the run here
-        # would hold back the Cancel click until the run had ended.
+        # would hold back the Cancel click until the run had ended. Kept referenced: asyncio holds tasks weakly.
         self._run_task = asyncio.get_event_loop().create_task(self._run(job))
 
     async def _run(self, job: WebSegmentationJob) -> None:
@@ -337,7 +337,7 @@ class Session:
     def _statistics_table(self, job: WebSegmentationJob) -> list[dict]:
         """A row per segment of the result. TotalSegmentator measures no structure cut off by the image's first
         or last slice (it reports 0 there, as the official tool does without --stats_include_incomplete): say so."""
-        if "statistics_json" not in job.downloads:
+        if job.statistics is None:
             return []
         segmentation = job.segmentation_node.GetSegmentation()
         present = {segmentation_import.segment_tag(segmentation.GetSegment(sid), segmentation_import.CLASS_TAG)
@@ -345,7 +345,7 @@ class Session:
         return [{"name": row["name"],
                  "volume_ml": round(row["volume_mm3"] / 1000, 2) if row["volume_mm3"] else "cut off: not measured",
                  "intensity": round(row["intensity"], 1) if row["volume_mm3"] else ""}
-                for row in statistics_rows(job.downloads["statistics_json"]) if row["structure"] in present]
+                for row in job.statistics if row["structure"] in present]
 
     def _set_final_status(self, message: str) -> None:
         with self.state:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 import slicer
-from totalseg_engine import imageio, terminology
+from totalseg_engine import api_options, imageio, terminology
 from totalseg_slicer import seg_nrrd, segmentation_import
 from totalseg_slicer.job import JobRequest, SegmentationJob
 
@@ -42,41 +42,54 @@ class WebSegmentationJob(SegmentationJob):
         self.output_types = ("nifti", "dicom_seg") if opened.is_dicom else ("nifti",)
         self.downloads: dict[str, Path] = {}
         self.labels: Optional[np.ndarray] = None  # on the volume's voxels (i, j, k), for "what is under the cursor"
+        self.statistics: Optional[list[dict]] = None  # statistics_rows() of the engine's statistics.json
 
     def _export(self, path: Path) -> Path:
         return self.opened.source
 
+    def _labels(self) -> np.ndarray:
+        """The result read once, on the volume's voxels: imported as such, and kept for the cursor probe."""
+        image = imageio.read_image(self._result_path)
+        self.labels = segmentation_import.labels_on_volume_grid(
+            np.asanyarray(image.dataobj), image.affine, self.input_volume)
+        return self.labels
+
+    def _load_statistics(self) -> None:
+        """Rows for the page's table and the CSV, read once; no table node (the page shows its own table)."""
+        self.statistics = statistics_rows(self._engine_files()["statistics_json"])
+
     def _import_result(self) -> None:
         super()._import_result()
-        labels = imageio.read_image(self._result_path)
-        self.labels = segmentation_import.labels_on_volume_grid(
-            np.asanyarray(labels.dataobj), labels.affine, self.input_volume)
         try:
             self._keep_outputs()
         except Exception:  # no half set of downloads: the job fails as a whole (the panel's job reports it)
             shutil.rmtree(self.results_folder, ignore_errors=True)
             raise
 
+    def _engine_files(self) -> dict[str, Path]:
+        """Where the engine wrote each output, by its own naming rule for several output types."""
+        files = api_options.multi_output_paths(self._result_path, self.output_types, self.request.task)
+        files["statistics_json"] = api_options.statistics_file(True, self._result_path, True, self.output_types)
+        return files
+
     def _keep_outputs(self) -> None:
         """Move the engine's files out of the job's temporary folder (removed after this) and add the others."""
         self.results_folder.mkdir(parents=True, exist_ok=True)
         stem = f"{_file_stem(self.opened.name)}_{self.request.task}"
         target = {kind: self.results_folder / f"{stem}{suffix}" for kind, (suffix, _) in DOWNLOAD_KINDS.items()}
-        engine_files = {"nifti": self._result_path, "dicom_seg": self._folder / "segmentation_seg.dcm",
-                        "statistics_json": self._folder / "statistics.json"}
-        for kind, source in engine_files.items():
+        for kind, source in self._engine_files().items():
             if source.exists():
                 shutil.move(str(source), target[kind])
                 self.downloads[kind] = target[kind]
         seg_nrrd.save_seg_nrrd(self.segmentation_node, target["seg_nrrd"], overwrite=True)
         self.downloads["seg_nrrd"] = target["seg_nrrd"]
-        if "statistics_json" in self.downloads:
-            write_statistics_csv(self.downloads["statistics_json"], target["statistics_csv"])
+        if self.statistics is not None:
+            write_statistics_csv(self.statistics, target["statistics_csv"])
             self.downloads["statistics_csv"] = target["statistics_csv"]
 
 
 def _file_stem(name: str) -> str:
-    stem = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd|\.zip)$", "", name, flags=re.IGNORECASE)
+    stem = imageio.split_suffix(name)[0]
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "segmentation"
 
 
@@ -91,8 +104,7 @@ def statistics_rows(statistics_json: Path) -> list[dict]:
     return rows
 
 
-def write_statistics_csv(statistics_json: Path, target: Path) -> None:
-    rows = statistics_rows(statistics_json)
+def write_statistics_csv(rows: list[dict], target: Path) -> None:
     with imageio.atomic_output(target, overwrite=True) as temp, open(temp, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=["structure", "name", "volume_mm3", "intensity"])
         writer.writeheader()
