@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from model_factory import SMALL_3MM, write_task_models
+from process_support import group_left_after
 from totalseg_engine import batch_cases, batch_cli, batch_manifest, batch_process, batch_worker, cli, imageio
 from totalseg_engine.batch_cases import Case
 from totalseg_engine.errors import InvalidInputError, InvalidOptionError
@@ -527,20 +528,10 @@ def test_an_interrupt_keeps_finished_cases_and_leaves_no_process_and_no_half_don
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err
     assert "finished cases are kept" in err
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _group_alive(driver.pid):
-        time.sleep(0.2)
-    assert not _group_alive(driver.pid), "worker processes outlived the interrupted run"
+    assert group_left_after(driver.pid, 30) == [], "worker processes outlived the interrupted run"
     done = {case_id for case_id, record in records(out).items() if record["status"] == "done"}
     assert done and sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(done)
     assert leftovers(out) == []
     assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--shard", "1/1", "-q"]) == 0
     assert len(records(out)) == 4 and all(r["status"] == "done" for r in records(out).values())
 
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -16,6 +16,7 @@ from typing import Callable
 
 import pytest
 from model_factory import NetworkSize, write_task_models
+from process_support import group_members, process_alive
 from totalseg_engine import cli, paths
 from totalseg_engine.runner import (
     ENGINE_ROOT,
@@ -72,32 +73,6 @@ def collect(process: EngineProcess, until: Callable[[Message], bool], timeout: f
                 return messages
         time.sleep(0.02)
     pytest.fail(f"no matching message within {timeout} s; got {messages[-5:]}")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` still runs. A zombie has exited: it only waits for a parent to reap it (PID 1 here)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (Linux /proc; empty elsewhere)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(stat.parent.name))
-    return members
 
 
 def read_pids(pid_file: Path, timeout: float = 10.0) -> list[int]:

@@ -6,7 +6,6 @@ volume's voxels, named, coloured and tagged; Cancel and failures must leave the 
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML without Qt) is 
 
 from model_factory import NetworkSize, write_task_models  # noqa: E402
 from mrml_support import load_volume, segment_on_volume, snapshot  # noqa: E402
+from process_support import group_members  # noqa: E402
 from totalseg_engine import paths, pipeline, terminology  # noqa: E402
 from totalseg_engine.tasks import get_task  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
@@ -91,22 +91,6 @@ def test_roi_subset_run_brings_only_those_classes(mrml, home, data_dir, tmp_path
     assert classes and classes <= set(wanted)
 
 
-def process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return any(os.getpgid(int(p)) == pgid and open(f"/proc/{p}/stat").read().split()[2] != "Z"
-               for p in os.listdir("/proc") if p.isdigit() and _pgid_or_none(int(p)) == pgid)
-
-
-def _pgid_or_none(pid: int):
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
 def test_cancel_kills_the_child_and_leaves_the_segmentation_as_it_was(mrml, home, data_dir, tmp_path):
     write_task_models(paths.weights_dir(), "total", "normal", SLOW, seed=5)
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
@@ -130,7 +114,7 @@ def test_cancel_kills_the_child_and_leaves_the_segmentation_as_it_was(mrml, home
     job.cancel()
     assert time.monotonic() - started < 2.5
     assert job.state_name == "cancelled"
-    assert not process_group_alive(pgid)
+    assert group_members(pgid) == []
     assert snapshot(mrml, node, volume) == before
     assert not list(tmp_path.glob("TotalSegmentator-*"))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,9 +22,11 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator-tests"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "Testing"))
+from web_support import launch_chromium, start_launcher  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "totalsegmentator-tests"
 
 
 def command_line_seconds(image: Path, env: dict, folder: Path) -> float:
@@ -36,20 +37,11 @@ def command_line_seconds(image: Path, env: dict, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def web_seconds(image: Path, env: dict, folder: Path) -> dict[str, float]:
-    port = free_port()
-    launcher = subprocess.Popen([sys.executable, "-m", "totalseg_web.launcher", "--port", str(port), "--work-dir",
-                                 str(folder)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def web_seconds(image: Path, weights_home: Path, folder: Path) -> dict[str, float]:
+    launcher, port = start_launcher(weights_home, folder / "work")
     try:
-        time.sleep(3)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             times = {}
             started = time.perf_counter()
@@ -85,7 +77,7 @@ def main() -> int:
     for repeat in range(1, args.repeats + 1):
         with tempfile.TemporaryDirectory() as tmp:
             cli = command_line_seconds(args.input, env, Path(tmp))
-            web = web_seconds(args.input, env, Path(tmp))
+            web = web_seconds(args.input, args.weights_home, Path(tmp))
         ratios.append(web["run until shown"] / cli)
         steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in web.items())
         print(f"{repeat}: (a) command line {cli:.1f}; (b) web: {steps}; run (b)/(a) {ratios[-1]:.2f}x")

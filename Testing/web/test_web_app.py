@@ -12,7 +12,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,31 +26,12 @@ import slicerio
 from model_factory import SMALL_3MM, write_task_models
 from PIL import Image
 from playwright.sync_api import sync_playwright
+from process_support import group_left_after
 from totalseg_engine import imageio, paths, terminology
+from web_support import launch_chromium, log_file, start_launcher
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_UPLOAD_MB = 20
 RUN_TIMEOUT_MS = 300_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"totalseg_web exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError("totalseg_web did not start listening")
 
 
 @pytest.fixture(scope="module")
@@ -80,33 +60,12 @@ def data_root(tmp_path_factory, data_dir):
     return root
 
 
-def start_launcher(home: Path, work: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    env = {**os.environ, "TOTALSEG_HOME_DIR": str(home)}
-    process = subprocess.Popen([sys.executable, "-m", "totalseg_web.launcher", "--port", str(port), "--work-dir",
-                                str(work), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    _wait_for_port(port, process)
-    return process, port
-
-
-def stop_launcher(process: subprocess.Popen) -> str:
+def stop_launcher(process: subprocess.Popen, work: Path) -> str:
     """Stop as a service manager would (SIGTERM); every session process and engine run must go with it."""
     process.terminate()
-    output, _ = process.communicate(timeout=60)
-    deadline = time.monotonic() + 15
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_alive(process.pid), "a process of the web app outlived the launcher"
-    return output
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    process.wait(timeout=60)
+    assert group_left_after(process.pid, 15) == [], "a process of the web app outlived the launcher"
+    return log_file(work).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +74,14 @@ def server(home, data_root, tmp_path_factory):
     process, port = start_launcher(home, work, "--data-root", str(data_root), "--max-upload-mb",
                                    str(MAX_UPLOAD_MB), "--session-timeout", "5")
     yield {"url": f"http://127.0.0.1:{port}/", "work": work}
-    stop_launcher(process)
+    stop_launcher(process, work)
     assert not any(work.iterdir()), "the launcher left files behind"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (apt-get install chromium)"
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
 
@@ -426,7 +384,7 @@ def test_a_closed_session_is_removed_with_its_files(browser, server, data_dir):
 
 
 def test_a_token_is_required_when_set(home, tmp_path):
-    process, port = start_launcher(home, tmp_path, "--token", "s3cret")
+    process, port = start_launcher(home, tmp_path / "work", "--token", "s3cret")
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/")
@@ -438,7 +396,7 @@ def test_a_token_is_required_when_set(home, tmp_path):
             urllib.request.urlopen(page.url)  # the session's address without the token
         assert other.value.code == 401
     finally:
-        stop_launcher(process)
+        stop_launcher(process, tmp_path / "work")
 
 
 def test_a_session_that_cannot_start_is_reported_at_once(home, tmp_path):
@@ -454,7 +412,7 @@ def test_a_session_that_cannot_start_is_reported_at_once(home, tmp_path):
         assert failed.value.code == 503 and "could not start" in failed.value.read().decode()
         assert time.monotonic() - started < 60  # not the 180 s start timeout
     finally:
-        output = stop_launcher(process)
+        output = stop_launcher(process, tmp_path / "work")
     assert "data" in output  # the session's own error reached the server's log
 
 
