@@ -6,7 +6,7 @@ import resource
 
 import numpy as np
 import pytest
-from totalseg_engine import allocator
+from totalseg_engine.inference import allocator
 
 needs_glibc = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc's mallopt")
 

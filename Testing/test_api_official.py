@@ -1,7 +1,7 @@
 """``totalsegmentator()`` called as the official 2.18 function is: every keyword, in its order, with its meaning.
 
 The official signature is written out below as data. Each keyword is either accepted with the same meaning
-(checked on the :class:`pipeline.Options` the API hands to ``pipeline.segment``, or on what is written),
+(checked on the :class:`SegmentationRequest` the API hands to ``pipeline.segment``, or on what is written),
 ignored (a no-op here), or refused before any work with an error naming it; never a ``TypeError``. The
 pipeline itself is replaced by a stand-in that records its options, so no model runs.
 """
@@ -17,8 +17,11 @@ from typing import Any, Callable, NamedTuple, Optional
 import nibabel as nib
 import numpy as np
 import pytest
-from totalseg_engine import api, imageio, licensing, pipeline
+from totalseg_engine import api, imageio
+from totalseg_engine.core import pipeline
 from totalseg_engine.errors import InvalidOptionError
+from totalseg_engine.request import SegmentationRequest
+from totalseg_engine.weights import licensing
 
 REQUIRED = object()
 OFFICIAL_SIGNATURE: list[tuple[str, Any]] = [
@@ -36,6 +39,7 @@ OFFICIAL_SIGNATURE: list[tuple[str, Any]] = [
 """(name, default) of every parameter of the official 2.18 ``totalsegmentator()``, in its positional order."""
 
 CLASSES = {1: "spleen", 2: "kidney_right", 5: "liver"}
+API_DEFAULTS = SegmentationRequest(overwrite="never")  # the official API keeps existing outputs by default
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 
 
@@ -57,7 +61,7 @@ TABLE: dict[str, Row] = {
     "nora_tag": Row("ignored", "1234"),
     "preview": Row("output", True),
     "task": Row("same", "lung_vessels", {"task": "lung_vessels"}),
-    "roi_subset": Row("same", ["liver"], {"roi_subset": ["liver"]}),
+    "roi_subset": Row("same", ["liver"], {"roi_subset": ("liver",)}),
     "statistics": Row("same", True, {"statistics": True}),
     "radiomics": Row("refused", True),
     "crop_path": Row("ignored", "/tmp/crop"),
@@ -71,12 +75,12 @@ TABLE: dict[str, Row] = {
     "device": Row("same", "cpu", {"device": "cpu"}),
     "license_number": Row("output", "aca_ABCDEFGHIJKLMN"),
     "statistics_exclude_masks_at_border": Row("same", False, {"stats_include_incomplete": True}),
-    "no_derived_masks": Row("ignored", True),
+    "no_derived_masks": Row("same", True, {"derived_masks": False}),
     "v1_order": Row("refused", True),
     "fastest": Row("same", True, {"speed": "fastest"}),
-    "roi_subset_robust": Row("same", ["liver"], {"roi_subset": ["liver"], "robust_crop": True}),
+    "roi_subset_robust": Row("same", ["liver"], {"roi_subset": ("liver",), "robust_crop": True}),
     "stats_aggregation": Row("same", "median", {"stats_aggregation": "median"}),
-    "remove_small_blobs": Row("same", True, {"remove_small_blobs": True}),
+    "remove_small_blobs": Row("same", True, {"remove_small_blobs": 200.0}),
     "statistics_normalized_intensities": Row("refused", True),
     "robust_crop": Row("same", True, {"robust_crop": True}),
     "higher_order_resampling_LEGACY": Row("refused", True),
@@ -133,9 +137,9 @@ class Recorder:
     """Replaces ``pipeline.segment``: records the options, returns labels 1, 2 and 5 in three blocks."""
 
     def __init__(self) -> None:
-        self.options: list[pipeline.Options] = []
+        self.options: list[SegmentationRequest] = []
 
-    def __call__(self, image, options: pipeline.Options, *_args) -> pipeline.Result:
+    def __call__(self, image, options: SegmentationRequest, *_args) -> pipeline.Result:
         self.options.append(options)
         source = image if isinstance(image, nib.Nifti1Image) else nib.load(image)
         labels = np.zeros(source.shape, dtype=np.uint8)
@@ -151,7 +155,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return rec
 
 
-def options_of(recorder: Recorder, call: Callable[[], Any]) -> pipeline.Options:
+def options_of(recorder: Recorder, call: Callable[[], Any]) -> SegmentationRequest:
     call()
     [options] = recorder.options
     return options
@@ -175,7 +179,7 @@ def test_keyword_with_the_same_meaning(recorder: Recorder, name: str, row: Row) 
 @pytest.mark.parametrize(("name", "row"), _rows("ignored"), ids=[n for n, _ in _rows("ignored")])
 def test_keyword_without_effect_is_accepted(recorder: Recorder, name: str, row: Row) -> None:
     options = options_of(recorder, lambda: api.totalsegmentator(ct(), **{name: row.value}))
-    assert options == pipeline.Options()
+    assert options == API_DEFAULTS
 
 
 @pytest.mark.parametrize(("name", "row"), _rows("refused"), ids=[n for n, _ in _rows("refused")])
@@ -189,7 +193,7 @@ def test_unsupported_keyword_is_refused_by_name_before_any_work(recorder: Record
 
 def test_official_defaults_give_our_defaults(recorder: Recorder) -> None:
     defaults = {name: default for name, default in OFFICIAL_SIGNATURE[1:]}
-    assert options_of(recorder, lambda: api.totalsegmentator(ct(), **defaults)) == pipeline.Options()
+    assert options_of(recorder, lambda: api.totalsegmentator(ct(), **defaults)) == API_DEFAULTS
 
 
 def test_positional_call_in_the_official_order(recorder: Recorder) -> None:
@@ -199,7 +203,7 @@ def test_positional_call_in_the_official_order(recorder: Recorder) -> None:
                         ("body_seg", True), ("robust_crop", True)):
         values[position.index(name)] = value
     options = options_of(recorder, lambda: api.totalsegmentator(ct(), *values))
-    assert (options.speed, options.task, options.roi_subset, options.device) == ("fast", "total_mr", ["liver"], "cpu")
+    assert (options.speed, options.task, options.roi_subset, options.device) == ("fast", "total_mr", ("liver",), "cpu")
     assert options.body_seg and options.robust_crop
 
 

@@ -24,9 +24,16 @@ import numpy as np
 import pytest
 from model_factory import SMALL_3MM, write_task_models
 from process_support import group_left_after
-from totalseg_engine import batch_cases, batch_cli, batch_manifest, batch_process, batch_worker, cli, imageio
-from totalseg_engine.batch_cases import Case
+from totalseg_batch import cases as batch_cases
+from totalseg_batch import cli as batch_cli
+from totalseg_batch import manifest as batch_manifest
+from totalseg_batch import warm as batch_process
+from totalseg_batch import worker as batch_worker
+from totalseg_batch.cases import Case
+from totalseg_engine import imageio, request_from_args
+from totalseg_engine.cli import main as cli
 from totalseg_engine.errors import InvalidInputError, InvalidOptionError
+from totalseg_engine.request import request_fields
 
 pytest.importorskip("distributed", reason="totalseg_batch runs on Dask distributed (pip install '.[batch]')")
 
@@ -267,7 +274,7 @@ def test_shards_cover_the_cohort_once_on_warm_models_and_a_full_run_then_skips_i
     for index in range(5):
         write_ct(cohort / f"s{index}.nii.gz", data_dir, index)
     out = tmp_path / "out"
-    shards = [subprocess.Popen([sys.executable, "-m", "totalseg_engine.batch_cli", "-i", str(cohort), "-o", str(out),
+    shards = [subprocess.Popen([sys.executable, "-m", "totalseg_batch.cli", "-i", str(cohort), "-o", str(out),
                                 *FAST, "--ml", "--shard", part, "-q"], stderr=subprocess.PIPE, text=True)
               for part in ("1/2", "2/2")]  # at the same time, as a Slurm array runs them
     for shard in shards:
@@ -450,11 +457,14 @@ def test_the_manifest_survives_a_cut_line_and_keeps_the_latest_record(tmp_path):
 
 
 def test_options_that_do_not_change_the_labels_do_not_redo_a_cohort():
-    args = batch_cli.build_parser().parse_args(["-i", "x", "-o", "y", "--fast", "-d", "cpu", "--workers", "2"])
-    options = batch_cli.segmentation_options(args)
-    assert options["fast"] is True and "workers" not in options and "inputs" not in options
-    assert {"device", "task", "output_type", "roi_subset", "statistics"} <= set(options)
-    assert set(batch_cli.NOT_IN_OPTIONS_KEY) <= set(options)
+    def key(*argv: str) -> str:
+        parser = batch_cli.build_parser()
+        return batch_cli.options_key(request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *argv])))
+
+    fast = key("--fast", "-d", "cpu", "--workers", "2")
+    assert fast == key("--fast", "-d", "gpu:1", "--offline", "-l", "aca_KEY", "--workers", "1")
+    assert fast != key("-d", "cpu") and fast != key("--fast", "-rs", "liver") and fast != key("--fast", "-ml")
+    assert set(batch_cli.NOT_IN_OPTIONS_KEY) <= {item.name for item in request_fields()}
 
 
 def test_a_workers_share_of_the_cores_is_kept_when_it_loads_a_model(home, data_dir, tmp_path, monkeypatch):
@@ -514,7 +524,7 @@ def test_an_interrupt_keeps_finished_cases_and_leaves_no_process_and_no_half_don
     for index in range(4):
         write_ct(cohort / f"ct{index}.nii.gz", data_dir, index)
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "totalseg_engine.batch_cli", "-i", str(cohort), "-o", str(out),
+    driver = subprocess.Popen([sys.executable, "-m", "totalseg_batch.cli", "-i", str(cohort), "-o", str(out),
                                *FAST, "--ml", "--workers", "1"], stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     deadline = time.monotonic() + 180

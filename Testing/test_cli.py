@@ -11,8 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from model_factory import SMALL_3MM, release_zip, write_task_models
-from totalseg_engine import cli, imageio, paths, tasks, weights
+from totalseg_engine import imageio, tasks
+from totalseg_engine.cli import main as cli
 from totalseg_engine.progress import parse_event_line
+from totalseg_engine.weights import cache as weights
+from totalseg_engine.weights import paths
 from weights_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import types
-from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +19,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import __version__, cli, cli_options, imageio, licensing, paths, pipeline
+from totalseg_engine import __version__, imageio
+from totalseg_engine.cli import main as cli
+from totalseg_engine.cli import options as cli_options
+from totalseg_engine.core import pipeline
+from totalseg_engine.outputs.body_masks import body_and_skin
+from totalseg_engine.request import SegmentationRequest
 from totalseg_engine.tasks import get_task
+from totalseg_engine.weights import licensing, paths
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_VENV = ROOT / ".venv-official"
@@ -79,13 +84,13 @@ BY_NAME = {names[0]: (names, arity, choices, status) for names, arity, choices, 
 VALUES = {"-nr": "4", "-ro": "3", "-ns": "2", "-t": "project1", "-cp": "/tmp/crop", "--test": "1", "-rp": "r.json",
           "-sp": "p.pkl"}
 
-# Accepted flags whose meaning shows in the pipeline options: extra argv -> expected Options fields.
+# Accepted flags whose meaning shows in the request the pipeline gets: extra argv -> expected request fields.
 MEANINGS = {
     "-f": (["-f"], {"speed": "fast"}),
     "-ff": (["-ff"], {"speed": "fastest"}),
     "-ta": (["-ta", "lung_vessels"], {"task": "lung_vessels"}),
-    "-rs": (["-rs", "liver", "spleen"], {"roi_subset": ["liver", "spleen"], "robust_crop": False}),
-    "-rsr": (["-rsr", "liver"], {"roi_subset": ["liver"], "robust_crop": True}),
+    "-rs": (["-rs", "liver", "spleen"], {"roi_subset": ("liver", "spleen"), "robust_crop": False}),
+    "-rsr": (["-rsr", "liver"], {"roi_subset": ("liver",), "robust_crop": True}),
     "-rc": (["-rc"], {"robust_crop": True}),
     "-ho": (["--high_order_resampling"], {"higher_order_resampling": True}),
     "-s": (["-s"], {"statistics": True}),
@@ -163,9 +168,9 @@ def ct(tmp_path) -> Path:
 
 
 @pytest.fixture
-def runs(monkeypatch) -> list[pipeline.Options]:
-    """pipeline.segment replaced: records the options and returns labels 1 in the middle of the image."""
-    seen: list[pipeline.Options] = []
+def runs(monkeypatch) -> list[SegmentationRequest]:
+    """pipeline.segment replaced: records the request and returns labels 1 in the middle of the image."""
+    seen: list[SegmentationRequest] = []
 
     def segment(source, options=None, progress=None, should_cancel=None, runner_factory=None):
         seen.append(options)
@@ -192,7 +197,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 def test_plain_run_options(ct, tmp_path, runs, capsys):
     assert run_cli(["-i", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--ml"], capsys)[0] == 0
-    assert runs == [pipeline.Options()]  # the official defaults
+    assert runs == [SegmentationRequest(multilabel=True)]  # the official defaults
 
 
 @pytest.mark.parametrize("flag", sorted(MEANINGS))
@@ -215,16 +220,13 @@ def test_fast_wins_over_fastest_as_in_the_official(argv, speed, ct, tmp_path, ru
 def test_roi_subset_robust_replaces_roi_subset(ct, tmp_path, runs, capsys):
     argv = ["-i", str(ct), "-o", str(tmp_path / "s.nii.gz"), "--ml", "-rs", "liver", "-rsr", "spleen"]
     assert run_cli(argv, capsys)[0] == 0
-    assert (runs[0].roi_subset, runs[0].robust_crop) == (["spleen"], True)
+    assert (runs[0].roi_subset, runs[0].robust_crop) == (("spleen",), True)
 
 
 def test_stats_aggregation(ct, tmp_path, runs, capsys):
-    """-sa median reaches the pipeline where it knows the option; until then it stops with a named error."""
+    """-sa median reaches the pipeline."""
     code, err = run_cli(["-i", str(ct), "-o", str(tmp_path / "s.nii.gz"), "--ml", "-s", "-sa", "median"], capsys)
-    if "stats_aggregation" in {f.name for f in fields(pipeline.Options)}:
-        assert code == 0 and runs[0].stats_aggregation == "median"
-    else:
-        assert code == 1 and "stats_aggregation" in err and not runs
+    assert code == 0 and runs[0].stats_aggregation == "median", err
     assert run_cli(["-i", str(ct), "-o", str(tmp_path / "t.nii.gz"), "--ml", "-sa", "mean"], capsys)[0] == 0
 
 
@@ -236,7 +238,7 @@ def test_ignored_flag_consumes_its_value_and_says_so_once(flag, ct, tmp_path, ru
     assert code == 0, err
     notes = [line for line in err.splitlines() if "ignoring" in line]
     assert len(notes) == 1 and f"{flag} (" in notes[0]
-    assert runs == [pipeline.Options()]
+    assert runs == [SegmentationRequest(multilabel=True)]
 
 
 @pytest.mark.parametrize("names", [n for n, _, _, s in OFFICIAL_FLAGS if s == REFUSED], ids=lambda n: n[0])
@@ -297,7 +299,7 @@ def test_several_output_types_into_an_existing_folder(ct, tmp_path, runs, capsys
 @pytest.mark.parametrize("values, expected", [(["dicom"], ["dicom_rtstruct"]), (["nifti", "dicom_seg"],
                                               ["nifti", "dicom_seg"]), (["nifti,dicom"], ["nifti", "dicom_rtstruct"])])
 def test_output_type_values_as_the_official_reads_them(values, expected):
-    assert cli_options.output_types(values) == expected
+    assert cli.parse(["-i", "ct.nii.gz", "-o", "out", "-ot", *values])[1].output_types == tuple(expected)
 
 
 def test_bad_output_type_is_an_argument_error(ct, tmp_path, runs, capsys):
@@ -361,9 +363,9 @@ def test_version(capsys):
 @pytest.mark.parametrize("ml", [False, True])
 def test_preview_beside_the_output(ml, ct, tmp_path, runs, capsys, monkeypatch):
     calls = []
-    module = types.ModuleType("totalseg_engine.preview")
+    module = types.ModuleType("totalseg_engine.outputs.preview")
     module.write_preview = lambda image, labels, label_map, path: calls.append((image, labels, label_map, path))
-    monkeypatch.setitem(sys.modules, "totalseg_engine.preview", module)
+    monkeypatch.setitem(sys.modules, "totalseg_engine.outputs.preview", module)
     out = tmp_path / ("seg.nii.gz" if ml else "seg")
     argv = ["-i", str(ct), "-o", str(out), "-p", "-rs", "liver", *(["--ml"] if ml else [])]
     assert run_cli(argv, capsys)[0] == 0
@@ -392,7 +394,7 @@ def _dicom_series(folder: Path, modality: str) -> Path:
                                                       ("CT", "total", "total"), ("MR", "lung_vessels", "lung_vessels")])
 def test_dicom_modality_switches_total_and_total_mr(modality, task, expected, tmp_path, runs, capsys):
     series = _dicom_series(tmp_path / "series", modality)
-    assert cli.dicom_modality(series) == modality
+    assert imageio.dicom_modality(series) == modality
     code, err = run_cli(["-i", str(series), "-o", str(tmp_path / "s.nii.gz"), "--ml", "-ta", task], capsys)
     assert code == 0, err
     assert runs[0].task == expected
@@ -426,7 +428,7 @@ def test_body_and_skin_equal_the_official(tmp_path):
     labels = np.where(inside, np.where(grid[0] < 28, 1, 2), 0).astype(np.uint8)
     labels[rng.random(labels.shape) < 0.02] = 0  # holes, so erosion and blob removal have work to do
     ct = rng.integers(-400, 400, labels.shape).astype(np.int16)
-    ours = cli.body_and_skin(labels, {1: "body_trunc", 2: "body_extremities"}, ct.astype(float))
+    ours = body_and_skin(labels, {1: "body_trunc", 2: "body_extremities"}, ct.astype(float))
     theirs = _official_body_and_skin(labels, ct, tmp_path / "official")
     assert ours[1].any() and ours[1].sum() < ours[0].sum()
     for mine, official in zip(ours, theirs):
@@ -459,6 +461,6 @@ def test_task_body_writes_body_and_skin(extra, derived, body_models, data_dir, t
     assert sorted(masks) == ["body", "body_extremities", "body_trunc", "skin"]
     np.testing.assert_array_equal(masks["body"], masks["body_trunc"] | masks["body_extremities"])
     labels = masks["body_trunc"] + 2 * masks["body_extremities"]
-    expected = cli.body_and_skin(labels, {1: "body_trunc", 2: "body_extremities"}, nib.load(source).get_fdata())
+    expected = body_and_skin(labels, {1: "body_trunc", 2: "body_extremities"}, nib.load(source).get_fdata())
     np.testing.assert_array_equal(masks["skin"], expected[1])
     assert nib.load(out / "skin.nii.gz").header.get_data_dtype() == np.uint8

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from slicer_pip_stand_ins import PYTHON_SLICER, PipRecorder, pytorch_utils_module, slicer_58, slicer_512
-from totalseg_engine import devices
+from totalseg_engine.inference import devices
 from totalseg_engine.runner import child_environment
 from totalseg_slicer import dependencies, dependency_install
 from totalseg_slicer import devices as slicer_devices
@@ -345,7 +345,7 @@ def test_import_torch_never_raises(monkeypatch, error):
 
 
 def run_devices_module(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "totalseg_engine.devices"], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "totalseg_engine.inference.devices"], capture_output=True, text=True,
                           env=env, timeout=120, check=False)
 
 

@@ -1,7 +1,7 @@
 """DICOM SEG and RTSTRUCT outputs of a DICOM input, through the API and the command line.
 
 The official segmentation of the DICOM test series, put on the grid the engine reads the series onto (as a
-run returns it), is written through ``api.write_result`` and read back: the SEG with highdicom (its coding is
+run returns it), is written through ``write_result`` and read back: the SEG with highdicom (its coding is
 pinned in ``test_terminology.py``), the RTSTRUCT with pydicom, its contours filled again and compared with
 the masks slice by slice. The command line runs a small random-weights model on the series.
 """
@@ -15,8 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import api, cli, cli_options, dicom_output, imageio, paths, pipeline, terminology
+from totalseg_engine import api, case, imageio, terminology
+from totalseg_engine.cli import main as cli
+from totalseg_engine.core import pipeline
 from totalseg_engine.errors import InvalidOptionError, OutputExistsError, TotalSegmentatorError
+from totalseg_engine.outputs import dicom as dicom_output
+from totalseg_engine.outputs.targets import DICOM_INPUT_NEEDED, DICOM_OUTPUT_TYPES
+from totalseg_engine.outputs.write import write_result
+from totalseg_engine.weights import paths
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -61,7 +67,7 @@ def written(tmp_path_factory, series, official) -> dict[str, Path]:
             packed.write(path, f"ct/{path.name}")
     targets = {"dicom_seg": (out / "seg.dcm", series), "dicom_rtstruct": (out / "rtstruct.dcm", archive)}
     for output_type, (path, source) in targets.items():
-        api.write_result(official, path, ml=False, output_type=output_type, overwrite=False, source=source)
+        write_result(official, path, ml=False, output_type=output_type, overwrite=False, source=source)
     return {output_type: path for output_type, (path, _) in targets.items()}
 
 
@@ -241,10 +247,6 @@ def test_an_empty_segmentation_is_refused_not_written_invalid(tmp_path, series, 
     assert not any(tmp_path.iterdir())
 
 
-def test_command_line_offers_the_output_types_of_the_api():
-    assert cli_options.OUTPUT_TYPES == api.OUTPUT_TYPES
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty weights cache that nothing can be downloaded into."""
@@ -254,12 +256,12 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
-@pytest.mark.parametrize("output_type", api.DICOM_OUTPUT_TYPES)
+@pytest.mark.parametrize("output_type", DICOM_OUTPUT_TYPES)
 def test_dicom_output_of_a_nifti_input_is_refused_before_any_work(home, data_dir, tmp_path, capsys, output_type):
     out = tmp_path / "seg.dcm"
     code = cli.main(["-i", str(data_dir / "example_ct_sm.nii.gz"), "-o", str(out), "-ot", output_type, "-d", "cpu"])
     err = capsys.readouterr().err
-    assert code == 1 and api.DICOM_INPUT_NEEDED in err and "Traceback" not in err
+    assert code == 1 and DICOM_INPUT_NEEDED in err and "Traceback" not in err
     assert not out.exists() and not home.exists()  # no weights were looked for
 
 
@@ -271,20 +273,19 @@ def test_api_refuses_dicom_output_of_an_image_object(tmp_path, data_dir, officia
     with pytest.raises(InvalidOptionError, match="Dicom image as input"):
         api.totalsegmentator(image, tmp_path / "seg.dcm", output_type="dicom_seg", runner_factory=no_model)
     with pytest.raises(InvalidOptionError, match="Dicom image as input"):
-        api.write_result(official, tmp_path / "rt.dcm", ml=False, output_type="dicom_rtstruct", overwrite=False)
+        write_result(official, tmp_path / "rt.dcm", ml=False, output_type="dicom_rtstruct", overwrite=False)
     assert not any(tmp_path.iterdir())
 
 
 def test_command_line_writes_a_dicom_seg_of_a_dicom_folder(home, series, instances, tmp_path, monkeypatch, capsys):
     write_task_models(paths.weights_dir(), "total", "fast", SMALL_3MM, seed=5)
     results = []
-    write_result = api.write_result
 
     def keep_result(result, *args, **kwargs):
         results.append(result)
         write_result(result, *args, **kwargs)
 
-    monkeypatch.setattr(api, "write_result", keep_result)
+    monkeypatch.setattr(case, "write_result", keep_result)
     out = tmp_path / "seg.dcm"
     code = cli.main(["-i", str(series), "-o", str(out), "-ot", "dicom_seg", "--fast", "-d", "cpu", "--offline"])
     assert code == 0, capsys.readouterr().err

@@ -212,7 +212,8 @@ for package in ("totalseg_engine", "totalseg_slicer"):
     for info in pkgutil.walk_packages(top.__path__, package + "."):
         if not info.name.endswith(".__main__"):  # __main__ runs the command line
             modules[info.name] = importlib.import_module(info.name).__file__
-from totalseg_engine import terminology, tasks
+from totalseg_engine import terminology
+from totalseg_engine import tasks
 print(json.dumps({
     "outside": [name for name, file in modules.items() if root not in Path(file).resolve().parents],
     "modules": sorted(modules),

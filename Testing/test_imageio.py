@@ -17,7 +17,7 @@ import slicerio
 from slicerio.segmentation import terminology_entry_from_string
 from totalseg_engine import imageio
 from totalseg_engine.errors import InvalidInputError, OutputExistsError
-from totalseg_engine.imageio import SegmentInfo
+from totalseg_engine.imageio import SegmentInfo, label_table
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RIB = (
@@ -516,7 +516,7 @@ def test_class_files_failure_leaves_no_folder(
             raise OSError("disk full")
         real_save(img, path)
 
-    monkeypatch.setattr(imageio.nib, "save", failing_save)
+    monkeypatch.setattr(label_table.nib, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         imageio.write_class_files(np.zeros(seg_ref.shape, np.uint8), seg_ref, {1: "a", 2: "b", 3: "c"},
                                   tmp_path / "classes")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from totalseg_engine import masks
+from totalseg_engine.cli import masks as combine_masks_cli
+from totalseg_engine.core import masks
 from totalseg_engine.errors import InvalidInputError, UnknownTaskError
 from totalseg_engine.tasks import get_task
 
@@ -92,10 +93,10 @@ def test_cli_on_multilabel_file_and_folder_agree(example_seg, data_dir, tmp_path
     write_class_files(tmp_path, seg, {k: v for k, v in TOTAL.items() if v in masks.GROUPS["ribs"]})
     from_file, from_dir = tmp_path / "out" / "ribs_ml.nii.gz", tmp_path / "ribs_dir.nii.gz"
     assert (
-        masks.combine_main(["-i", str(data_dir / "example_seg.nii.gz"), "-o", str(from_file), "-m", "ribs"])
+        combine_masks_cli.combine_main(["-i", str(data_dir / "example_seg.nii.gz"), "-o", str(from_file), "-m", "ribs"])
         == 0
     )
-    assert masks.combine_main(["-i", str(tmp_path), "-o", str(from_dir), "--masks", "ribs"]) == 0
+    assert combine_masks_cli.combine_main(["-i", str(tmp_path), "-o", str(from_dir), "--masks", "ribs"]) == 0
     written = nib.load(from_file)
     assert written.get_data_dtype() == np.uint8
     assert np.array_equal(written.affine, example_seg.affine)
@@ -106,11 +107,11 @@ def test_cli_on_multilabel_file_and_folder_agree(example_seg, data_dir, tmp_path
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     out = tmp_path / "x.nii.gz"
-    assert masks.combine_main(["-i", str(tmp_path), "-o", str(out), "-m", "lungs"]) == 1
+    assert combine_masks_cli.combine_main(["-i", str(tmp_path), "-o", str(out), "-m", "lungs"]) == 1
     err = capsys.readouterr().err
     assert "Unknown mask group 'lungs'" in err and "vertebrae_ribs" in err and "Traceback" not in err
-    assert masks.combine_main(["-i", str(tmp_path / "missing"), "-o", str(out), "-m", "lung"]) == 1
+    assert combine_masks_cli.combine_main(["-i", str(tmp_path / "missing"), "-o", str(out), "-m", "lung"]) == 1
     assert "not found" in capsys.readouterr().err
-    assert masks.combine_main(["-i", str(tmp_path), "-o", str(out), "-m", "lung"]) == 1
+    assert combine_masks_cli.combine_main(["-i", str(tmp_path), "-o", str(out), "-m", "lung"]) == 1
     assert "Missing in" in capsys.readouterr().err
     assert not out.exists()

@@ -19,7 +19,8 @@ pytest.importorskip("PySide6", reason="PySide6 stands in for PythonQt's Qt")
 from model_factory import NetworkSize, write_task_models  # noqa: E402
 from mrml_support import load_volume  # noqa: E402
 from slicer_app_stand_in import import_module, install  # noqa: E402
-from totalseg_engine import paths  # noqa: E402
+from totalseg_engine import State  # noqa: E402
+from totalseg_engine.weights import paths  # noqa: E402
 from totalseg_slicer import dependencies  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
 
@@ -171,31 +172,32 @@ class _RecordedJob:
     def __init__(self, scene, input_volume, segmentation_node, request, table_node=None, python=None,
                  temp_root=None) -> None:
         request.validate()
-        self.request, self.segmentation_node, self.state_name, self.error_message = request, segmentation_node, "", ""
+        self.request, self.segmentation_node, self.error_message = request, segmentation_node, ""
+        self.state = State.NOT_STARTED
         _RecordedJob.made.append(self)
 
     def start(self) -> None:
-        self.state_name = "succeeded"
+        self.state = State.SUCCEEDED
 
     def poll(self) -> bool:
         return True
 
     def cancel(self) -> None:
-        self.state_name = "cancelled"
+        self.state = State.CANCELLED
 
 
 @pytest.mark.parametrize("call, expected", [
-    (lambda logic, v: logic.process(v, None), ("SegmentationJob", "total", "normal", "auto", [])),
+    (lambda logic, v: logic.process(v, None), ("SegmentationJob", "total", "normal", "gpu", ())),
     (lambda logic, v: logic.process(v, None, "faster", True, "total_mr"),
-     ("SegmentationJob", "total_mr", "fastest", "cpu", [])),
+     ("SegmentationJob", "total_mr", "fastest", "cpu", ())),
     (lambda logic, v: logic.process(v, None, False, False, None, ["liver"]),
-     ("SegmentationJob", "total", "normal", "auto", ["liver"])),
-    (lambda logic, v: logic.process(v, None, fast=True, cpu=True), ("SegmentationJob", "total", "fast", "cpu", [])),
+     ("SegmentationJob", "total", "normal", "gpu", ("liver",))),
+    (lambda logic, v: logic.process(v, None, fast=True, cpu=True), ("SegmentationJob", "total", "fast", "cpu", ())),
     (lambda logic, v: logic.process(v, None, quality="fast", subset=["spleen"], sequenceBrowserNode=object()),
-     ("SequenceJob", "total", "fast", "auto", ["spleen"])),
-    (lambda logic, v: logic.processAsync(v, None, "fast", cpu=True), ("SegmentationJob", "total", "fast", "cpu", [])),
+     ("SequenceJob", "total", "fast", "gpu", ("spleen",))),
+    (lambda logic, v: logic.processAsync(v, None, "fast", cpu=True), ("SegmentationJob", "total", "fast", "cpu", ())),
     (lambda logic, v: logic.process(v, None, task="total", fastest=True, roiSubset=["liver"], device="gpu:1"),
-     ("SegmentationJob", "total", "fastest", "gpu:1", ["liver"])),
+     ("SegmentationJob", "total", "fastest", "gpu:1", ("liver",))),
 ])
 def test_existing_extension_calling_styles_reach_the_job(module, mrml, monkeypatch, call, expected):
     from totalseg_slicer import job
@@ -210,7 +212,7 @@ def test_existing_extension_calling_styles_reach_the_job(module, mrml, monkeypat
     call(logic, volume)
     logic.cancel()
     [recorded] = _RecordedJob.made
-    request = recorded.request
+    request = recorded.request.segmentation  # "auto (GPU if available)" is the engine's default device, gpu
     assert (type(recorded).__name__, request.task, request.speed, request.device, request.roi_subset) == expected
 
 
@@ -225,6 +227,7 @@ def test_existing_extension_attributes_reach_the_job(module, mrml, monkeypatch, 
     logic.totalSegmentatorWeightsPath = str(tmp_path / "weights")
     logic.process(mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"), None, statistics=True)
     request = _RecordedJob.made[0].request
-    assert (request.use_standard_names, request.robust_crop, request.remove_small_blobs,
-            request.higher_order_resampling, request.statistics) == (False, True, True, True, True)
+    segmentation = request.segmentation
+    assert (request.use_standard_names, segmentation.robust_crop, segmentation.remove_small_blobs,
+            segmentation.higher_order_resampling, segmentation.statistics) == (False, True, 200.0, True, True)
     assert paths.weights_dir() == tmp_path / "weights"

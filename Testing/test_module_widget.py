@@ -28,7 +28,7 @@ from model_factory import (  # noqa: E402
 from mrml_support import load_volume  # noqa: E402
 from slicer_app_stand_in import import_module, install, module_parent, open_panel, qt  # noqa: E402
 from slicer_pip_stand_ins import PipRecorder, slicer_58, slicer_512  # noqa: E402
-from totalseg_engine import paths  # noqa: E402
+from totalseg_engine.weights import paths  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
 from weights_server import serving  # noqa: E402
 
@@ -446,3 +446,41 @@ def test_a_scene_saved_with_the_existing_extension_opens_with_its_values(slicer_
     finally:
         module_panel.exit()
         widget.cleanup()
+
+
+BEFORE_INSTALL = """
+import importlib.abc, sys, tempfile
+from pathlib import Path
+sys.path[:0] = [{testing!r}, {module_root!r}]
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    # What a new Slicer lacks until the panel's install: the engine's packages (Slicer ships numpy, SimpleITK, vtk).
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("nibabel", "scipy", "nnunetv2", "torch"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+import pytest, slicer
+from slicer_app_stand_in import import_module, install, open_panel
+
+monkeypatch = pytest.MonkeyPatch()
+temporary = Path(tempfile.mkdtemp())
+harness = install(monkeypatch, slicer.vtkMRMLScene(), temporary, Path({module_file!r}))
+widget, panel = open_panel(import_module(monkeypatch, Path({module_file!r})))
+combo = widget.ui.deviceComboBox
+print([combo.itemData(i) for i in range(combo.count)], widget.ui.taskComboBox.count,
+      "nibabel" in sys.modules or "scipy" in sys.modules)
+"""
+
+
+def test_the_panel_opens_in_a_slicer_without_the_engines_packages(tmp_path):
+    """A new Slicer has none of nibabel, scipy, nnunetv2, torch until the panel installs them: the module loads, its
+    panel opens with the tasks and the device list (asked of a child process), nothing needing them is imported."""
+    script = BEFORE_INSTALL.format(testing=str(Path(__file__).parent), module_root=str(MODULE.parent),
+                                   module_file=str(MODULE))
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "TOTALSEG_HOME_DIR": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    devices, tasks, imported = done.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert "'auto'" in devices and "'cpu'" in devices and int(tasks) > 40 and imported == "False"

@@ -21,10 +21,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from model_factory import TINY, NetworkSize, write_checkpoint, write_model_folder, write_task_models
-from totalseg_engine import api, cli, runtimes
+from totalseg_engine import api
+from totalseg_engine.cli import main as cli
 from totalseg_engine.errors import ModelPlansError
-from totalseg_engine.nnunet_plans import read_model_plans
-from totalseg_engine.prediction import OLD_PLANS_WARNING, ModelRunner
+from totalseg_engine.inference import runtimes
+from totalseg_engine.inference.nnunet_plans import read_model_plans
+from totalseg_engine.inference.prediction import OLD_PLANS_WARNING, ModelRunner
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right", 5: "aorta"}
 NETWORKS = ("PlainConvUNet", "ResidualEncoderUNet")
@@ -207,7 +209,8 @@ def test_residual_encoder_unet_is_built_without_importing_every_architecture(tmp
     module (timm, torchvision: broken with CPU-only torch). We find the class where it now lives."""
     folder = model(tmp_path, "old", "ResidualEncoderUNet")
     assert "residual_unet" in read_model_plans(folder).network_class_name
-    code = ("import sys; from totalseg_engine import runtimes; from totalseg_engine.nnunet_plans import "
+    code = ("import sys; from totalseg_engine.inference import runtimes; "
+            "from totalseg_engine.inference.nnunet_plans import "
             f"read_model_plans as r; m = {str(folder)!r}; n = runtimes.load_network(m, 0, r(m)); "
             "print(type(n).__name__, sorted(x for x in ('timm', 'torchvision') if x in sys.modules))")
     root = Path(__file__).resolve().parents[1] / "TotalSegmentator"

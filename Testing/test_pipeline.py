@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import api, geometry, imageio, paths, pipeline, terminology
-from totalseg_engine.prediction import ModelRunner
+from totalseg_engine import api, geometry, imageio, terminology
+from totalseg_engine.core import pipeline
+from totalseg_engine.inference.prediction import ModelRunner
+from totalseg_engine.request import SegmentationRequest
 from totalseg_engine.tasks import get_task
+from totalseg_engine.weights import paths
 
 # Few features, large patches: real architecture, few tiles, seconds per model.
 PART = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
@@ -38,7 +41,7 @@ class Recording:
         self.loaded: list[int] = []
 
     def __call__(self, spec, step):
-        from totalseg_engine import weights
+        from totalseg_engine.weights import cache as weights
 
         self.loaded.append(spec.dataset_id)
         return ModelRunner(weights.model_dir(spec), spec.folds, torch.device("cpu"), step)
@@ -46,13 +49,13 @@ class Recording:
 
 def run(image, **options):
     recording = Recording()
-    result = pipeline.segment(image, pipeline.Options(device="cpu", **options), runner_factory=recording)
+    result = pipeline.segment(image, SegmentationRequest(device="cpu", **options), runner_factory=recording)
     return result, recording.loaded
 
 
 def manual_prediction(image: nib.Nifti1Image, task_name: str, speed: str) -> np.ndarray:
     """The pipeline's steps spelled out: RAS, resample, every part, merge by name, back to the grid."""
-    from totalseg_engine import weights
+    from totalseg_engine.weights import cache as weights
 
     task = get_task(task_name)
     mode = task.mode(speed)

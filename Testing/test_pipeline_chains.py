@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from stand_ins import intensity_factory, label_by_intensity
-from totalseg_engine import geometry, pipeline
+from totalseg_engine import geometry
+from totalseg_engine.core import pipeline
 from totalseg_engine.errors import CancelledError, InvalidOptionError
+from totalseg_engine.request import SegmentationRequest
 from totalseg_engine.tasks import get_task
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -124,7 +126,7 @@ def segment(img, models, progress=None, should_cancel=None, **options) -> pipeli
         kwargs["progress"] = progress
     if should_cancel is not None:
         kwargs["should_cancel"] = should_cancel
-    return pipeline.segment(img, pipeline.Options(device="cpu", **options), runner_factory=models, **kwargs)
+    return pipeline.segment(img, SegmentationRequest(device="cpu", **options), runner_factory=models, **kwargs)
 
 
 # ---------------------------------------------------------------- (a) roi_subset
@@ -292,9 +294,9 @@ def test_force_split_gives_the_same_labels_in_three_slabs():
     img = z_ramp_image()
     whole: dict = {}
     split: dict = {}
-    plain = pipeline.segment(img, pipeline.Options(task="total", speed="fast", device="cpu"),
+    plain = pipeline.segment(img, SegmentationRequest(task="total", speed="fast", device="cpu"),
                              runner_factory=intensity_factory(whole))
-    forced = pipeline.segment(img, pipeline.Options(task="total", speed="fast", device="cpu", force_split=True),
+    forced = pipeline.segment(img, SegmentationRequest(task="total", speed="fast", device="cpu", force_split=True),
                               runner_factory=intensity_factory(split))
     expected = label_by_intensity(img.get_fdata())
     assert len(np.unique(expected)) == 4
@@ -348,7 +350,7 @@ def test_higher_order_resampling_hands_the_runner_the_image_at_its_own_spacing()
     img = nib.Nifti1Image((np.indices((30, 30, 12)).sum(axis=0) * 15).astype(np.int16),
                           np.diag([0.8, 0.8, 2.5, 1.0]))
     runners: dict = {}
-    result = pipeline.segment(img, pipeline.Options(task="total", speed="fast", device="cpu",
+    result = pipeline.segment(img, SegmentationRequest(task="total", speed="fast", device="cpu",
                                                     higher_order_resampling=True),
                               runner_factory=intensity_factory(runners))
     (call,) = runners[297].calls

@@ -12,9 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from stand_ins import intensity_factory, label_by_intensity
-from totalseg_engine import pipeline
+from totalseg_engine.core import pipeline
+from totalseg_engine.request import SegmentationRequest
 
-FAST = pipeline.Options(task="total", speed="fast", device="cpu")
+FAST = SegmentationRequest(task="total", speed="fast", device="cpu")
 
 
 def world_blocks(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -113,7 +114,7 @@ def test_file_inputs_come_back_voxel_exact(data_dir, tmp_path, source):
         path = tmp_path / "ct.nrrd"
         sitk.WriteImage(sitk.ReadImage(str(data_dir / "example_ct_sm.nii.gz")), str(path))
     source_img = imageio.read_image(path)
-    options = pipeline.Options(task="total", speed="fast", device="cpu", higher_order_resampling=True)
+    options = SegmentationRequest(task="total", speed="fast", device="cpu", higher_order_resampling=True)
     result = segment(path, options)
     assert result.image.shape == source_img.shape
     np.testing.assert_allclose(result.image.affine, source_img.affine, atol=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from totalseg_engine import postprocessing as pp
+from totalseg_engine.core import postprocessing as pp
 from totalseg_engine.errors import InvalidInputError, UnknownTaskError
 from totalseg_engine.tasks import get_task
 

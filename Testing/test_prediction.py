@@ -11,7 +11,7 @@ import torch
 from model_factory import TINY, write_model_folder
 from totalseg_engine import geometry
 from totalseg_engine.errors import CancelledError, TotalSegmentatorError
-from totalseg_engine.prediction import ModelRunner, select_device, tile_reporter
+from totalseg_engine.inference.prediction import ModelRunner, select_device, tile_reporter
 from totalseg_engine.progress import ProgressEvent
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}
@@ -121,8 +121,8 @@ def test_network_built_without_initialisation_computes_the_same(model_dir, tmp_p
     """The meta-device build with the checkpoint's own tensors gives the plain build's logits, bit for bit."""
     import shutil
 
-    from totalseg_engine import runtimes
-    from totalseg_engine.nnunet_plans import read_model_plans
+    from totalseg_engine.inference import runtimes
+    from totalseg_engine.inference.nnunet_plans import read_model_plans
 
     if legacy:  # torch's pre-1.6 format cannot be memory-mapped and is read whole
         copy = tmp_path / model_dir.parent.name / model_dir.name
@@ -145,8 +145,8 @@ def test_network_built_without_initialisation_computes_the_same(model_dir, tmp_p
 def test_checkpoint_that_does_not_fit_the_plans_is_named(model_dir, tmp_path):
     import shutil
 
-    from totalseg_engine import runtimes
-    from totalseg_engine.nnunet_plans import read_model_plans
+    from totalseg_engine.inference import runtimes
+    from totalseg_engine.inference.nnunet_plans import read_model_plans
 
     copy = tmp_path / model_dir.parent.name / model_dir.name
     shutil.copytree(model_dir, copy)

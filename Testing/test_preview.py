@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
-from totalseg_engine import preview
+from totalseg_engine.outputs import preview
 from totalseg_engine.tasks import get_task
 from totalseg_engine.terminology import entry
 

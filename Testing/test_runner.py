@@ -17,7 +17,8 @@ from typing import Callable
 import pytest
 from model_factory import NetworkSize, write_task_models
 from process_support import group_members, process_alive
-from totalseg_engine import cli, paths
+from totalseg_engine.cli import main as cli
+from totalseg_engine.request import SegmentationRequest
 from totalseg_engine.runner import (
     ENGINE_ROOT,
     EngineProcess,
@@ -28,9 +29,11 @@ from totalseg_engine.runner import (
     State,
     engine_command,
 )
+from totalseg_engine.weights import paths
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group behaviour is tested on POSIX")
 
+FAST_CPU_OFFLINE = SegmentationRequest(speed="fast", device="cpu", download=False, multilabel=True)
 TINY_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 SLOW_3MM = NetworkSize(features=(16, 32, 64, 128), patch_size=(32, 32, 32))  # ~20 tiles, a few seconds on a CPU
 
@@ -86,7 +89,7 @@ def read_pids(pid_file: Path, timeout: float = 10.0) -> list[int]:
 def test_engine_run_reports_progress_and_succeeds(home, data_dir, tmp_path):
     write_task_models(paths.weights_dir(), "total", "fast", TINY_3MM, seed=5)
     output = tmp_path / "seg.nii.gz"
-    command = engine_command(data_dir / "example_ct_sm.nii.gz", output, speed="fast", device="cpu", offline=True)
+    command = engine_command(data_dir / "example_ct_sm.nii.gz", output, FAST_CPU_OFFLINE)
     process = EngineProcess(command).start()
     messages = collect(process, lambda m: False)
     assert process.wait(5) is State.SUCCEEDED, process.last_lines()
@@ -124,8 +127,7 @@ def test_cancel_engine_mid_prediction_leaves_nothing(home, data_dir, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     output = out_dir / "seg.nii.gz"
-    process = EngineProcess(engine_command(data_dir / "example_ct_sm.nii.gz", output, speed="fast", device="cpu",
-                                           offline=True)).start()
+    process = EngineProcess(engine_command(data_dir / "example_ct_sm.nii.gz", output, FAST_CPU_OFFLINE)).start()
     messages = collect(process, lambda m: isinstance(m, ProgressMessage) and m.event.stage == "predict"
                        and m.event.fraction is not None)
     assert isinstance(messages[-1], ProgressMessage) and messages[-1].event.fraction < 1.0, process.last_lines()
@@ -138,8 +140,7 @@ def test_cancel_engine_mid_prediction_leaves_nothing(home, data_dir, tmp_path):
 
 def test_failing_engine_surfaces_its_error(home, tmp_path):
     missing = tmp_path / "missing.nii.gz"
-    process = EngineProcess(engine_command(missing, tmp_path / "seg.nii.gz", speed="fast", device="cpu",
-                                           offline=True)).start()
+    process = EngineProcess(engine_command(missing, tmp_path / "seg.nii.gz", FAST_CPU_OFFLINE)).start()
     assert process.wait(60) is State.FAILED
     assert process.returncode == 1
     summary = process.error_summary()
@@ -148,43 +149,17 @@ def test_failing_engine_surfaces_its_error(home, tmp_path):
     assert process.poll()[-1] == FinishedMessage(State.FAILED, 1)
 
 
-@pytest.mark.parametrize("speed, blobs, fast, fastest, blobs_parsed", [
-    ("normal", True, False, False, 200.0),
-    ("fast", 150, True, False, 150.0),
-    ("fastest", False, False, True, False),
-])
-def test_engine_command_round_trips_through_the_cli_parser(tmp_path, speed, blobs, fast, fastest, blobs_parsed):
-    argv = engine_command(tmp_path / "ct.nii.gz", tmp_path / "seg.seg.nrrd", python="/opt/py", task="total_mr",
-                          speed=speed, roi_subset=["liver", "spleen"], device="gpu:1", robust_crop=True,
-                          body_seg=True, force_split=True, remove_small_blobs=blobs, higher_order_resampling=True,
-                          statistics=True, stats_include_incomplete=True, license_number="aca_KEY",
-                          output_type="seg_nrrd", ml=True, overwrite=True, offline=True)
-    assert argv[:3] == ["/opt/py", "-m", "totalseg_engine"]
-    args = cli.build_parser().parse_args(argv[3:])
-    assert (args.input, args.output) == (tmp_path / "ct.nii.gz", tmp_path / "seg.seg.nrrd")
-    assert (args.task, args.fast, args.fastest, args.device) == ("total_mr", fast, fastest, "gpu:1")
-    assert args.roi_subset == ["liver", "spleen"] and args.remove_small_blobs == blobs_parsed
-    assert (args.output_type, args.license_number) == (["seg_nrrd"], "aca_KEY")
-    assert all([args.robust_crop, args.body_seg, args.force_split, args.higher_order_resampling, args.statistics,
-                args.stats_include_incomplete, args.ml, args.overwrite, args.offline, args.progress_json])
-
-
-def test_engine_command_defaults_and_off_switches(tmp_path):
-    argv = engine_command("ct.nii.gz", "out", ml=False, overwrite=False)
-    assert argv[0] == sys.executable
-    args = cli.build_parser().parse_args(argv[3:])
-    assert (args.task, args.device, args.output_type, args.roi_subset, args.license_number) == (
-        "total", "gpu", ["nifti"], None, None)
-    assert not any([args.fast, args.fastest, args.ml, args.overwrite, args.offline, args.robust_crop,
-                    args.remove_small_blobs, args.statistics]) and args.progress_json
-    with pytest.raises(ValueError, match="speed"):
-        engine_command("ct.nii.gz", "out", speed="quick")
-
-
-def test_engine_command_passes_several_output_types(tmp_path):
-    """The web app asks one run for the NIfTI and the DICOM SEG; the CLI must read both as output types."""
-    argv = engine_command("ct", tmp_path / "segmentation.nii.gz", output_type=("nifti", "dicom_seg"))
-    assert cli.build_parser().parse_args(argv[3:]).output_type == ["nifti", "dicom_seg"]
+def test_engine_command_is_the_request_on_the_engines_command_line(tmp_path):
+    """The child's argv: Slicer's Python, the engine module, input and output, the request's own flags, JSON
+    progress; the command line reads the same request back (every field: see test_request.py)."""
+    request = SegmentationRequest(task="total_mr", speed="fast", roi_subset=["liver"], multilabel=True,
+                                  output_types=["nifti", "dicom_seg"], overwrite="always", download=False)
+    argv = engine_command(tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", request, python="/opt/py")
+    assert argv[:3] == ["/opt/py", "-m", "totalseg_engine"] and argv[-1] == "--progress-json"
+    args, parsed = cli.parse(argv[3:])
+    assert (args.input, args.output, args.progress_json) == (tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", True)
+    assert parsed == request
+    assert engine_command("ct", "out", SegmentationRequest())[0] == sys.executable
 
 
 def test_poll_never_blocks_and_keeps_order(tmp_path):

@@ -22,8 +22,8 @@ import slicerio  # noqa: E402
 import vtk  # noqa: E402
 from mrml_support import load_volume, segment_on_volume, segments, snapshot  # noqa: E402
 from totalseg_engine import imageio  # noqa: E402
+from totalseg_engine.core.statistics import compute_statistics  # noqa: E402
 from totalseg_engine.errors import InvalidInputError, OutputExistsError  # noqa: E402
-from totalseg_engine.statistics import compute_statistics  # noqa: E402
 from totalseg_slicer import seg_nrrd, sequences, statistics_table  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
 from totalseg_slicer.volume_export import array_to_matrix, export_volume, ijk_to_ras, ijk_to_world  # noqa: E402

@@ -16,10 +16,15 @@ pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML without Qt) is 
 from model_factory import NetworkSize, write_task_models  # noqa: E402
 from mrml_support import load_volume, segment_on_volume, snapshot  # noqa: E402
 from process_support import group_members  # noqa: E402
-from totalseg_engine import paths, pipeline, terminology  # noqa: E402
+from totalseg_engine import terminology  # noqa: E402
+from totalseg_engine.core import pipeline
+from totalseg_engine.request import SegmentationRequest
+from totalseg_engine.runner import State
 from totalseg_engine.tasks import get_task  # noqa: E402
+from totalseg_engine.weights import paths
 from totalseg_slicer import segmentation_import as si  # noqa: E402
-from totalseg_slicer.job import JobRequest, SegmentationJob  # noqa: E402
+from totalseg_slicer.job import SegmentationJob  # noqa: E402
+from totalseg_slicer.job_request import job_request  # noqa: E402
 
 QUICK = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 SLOW = NetworkSize(features=(16, 32, 64, 128), patch_size=(96, 96, 96))  # seconds per tile: time to cancel
@@ -44,16 +49,16 @@ def test_apply_path_loads_named_tagged_segments_on_the_input_voxels(mrml, home, 
     write_task_models(paths.weights_dir(), "total", "fast", QUICK, seed=5)
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
     events = []
-    job = SegmentationJob(mrml.scene, volume, None, JobRequest(task="total", speed="fast", device="cpu",
+    job = SegmentationJob(mrml.scene, volume, None, job_request(task="total", speed="fast", device="cpu",
                                                                  statistics=True), temp_root=tmp_path)
     job.on_progress = lambda fraction, message: events.append((fraction, message))
     run_to_end(job)
-    assert job.state_name == "succeeded", job.error_message
+    assert job.state is State.SUCCEEDED, job.error_message
     assert any(f == 1.0 for f, _ in events) and any("Predicting" in m for _, m in events)
     assert not list(tmp_path.glob("TotalSegmentator-*")), "temporary folder left behind"
 
     expected = pipeline.segment(data_dir / "example_ct_sm.nii.gz",
-                                pipeline.Options(task="total", speed="fast", device="cpu")).data
+                                SegmentationRequest(task="total", speed="fast", device="cpu")).data
     task = get_task("total")
     present = [label for label in np.unique(expected) if label]
     segmentation = job.segmentation_node.GetSegmentation()
@@ -78,14 +83,14 @@ def test_roi_subset_run_brings_only_those_classes(mrml, home, data_dir, tmp_path
         write_task_models(paths.weights_dir(), "total", speed, QUICK, seed=5)
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
     full = pipeline.segment(data_dir / "example_ct_sm.nii.gz",
-                            pipeline.Options(task="total", speed="fastest", device="cpu")).data
+                            SegmentationRequest(task="total", speed="fastest", device="cpu")).data
     task = get_task("total")
     counts = np.bincount(full.ravel(), minlength=256)
     wanted = [task.classes[label] for label in np.argsort(counts)[::-1] if label and counts[label]][:2]
     job = SegmentationJob(mrml.scene, volume, None,
-                          JobRequest(task="total", speed="fast", roi_subset=wanted, device="cpu"), temp_root=tmp_path)
+                          job_request(task="total", speed="fast", roi_subset=wanted, device="cpu"), temp_root=tmp_path)
     run_to_end(job)
-    assert job.state_name == "succeeded", job.error_message
+    assert job.state is State.SUCCEEDED, job.error_message
     segmentation = job.segmentation_node.GetSegmentation()
     classes = {si.segment_tag(segmentation.GetSegment(i), si.CLASS_TAG) for i in segmentation.GetSegmentIDs()}
     assert classes and classes <= set(wanted)
@@ -100,7 +105,7 @@ def test_cancel_kills_the_child_and_leaves_the_segmentation_as_it_was(mrml, home
     si.import_segmentation(mrml.scene, user.astype(np.uint8), node, volume, {1: "my_lesion"}, "manual",
                            lambda label, name: ("My lesion", (0.9, 0.8, 0.1), None))
     before = snapshot(mrml, node, volume)
-    job = SegmentationJob(mrml.scene, volume, node, JobRequest(task="total", device="cpu"), temp_root=tmp_path)
+    job = SegmentationJob(mrml.scene, volume, node, job_request(task="total", device="cpu"), temp_root=tmp_path)
     predicting = []
     job.on_progress = lambda fraction, message: predicting.append(message) if "Predicting" in message else None
     job.start()
@@ -113,7 +118,7 @@ def test_cancel_kills_the_child_and_leaves_the_segmentation_as_it_was(mrml, home
     started = time.monotonic()
     job.cancel()
     assert time.monotonic() - started < 2.5
-    assert job.state_name == "cancelled"
+    assert job.state is State.CANCELLED
     assert group_members(pgid) == []
     assert snapshot(mrml, node, volume) == before
     assert not list(tmp_path.glob("TotalSegmentator-*"))
@@ -122,10 +127,10 @@ def test_cancel_kills_the_child_and_leaves_the_segmentation_as_it_was(mrml, home
 def test_a_failing_child_surfaces_its_message_and_changes_nothing(mrml, home, data_dir, tmp_path):
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
     node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
-    job = SegmentationJob(mrml.scene, volume, node, JobRequest(task="total", speed="fast", device="cpu",
+    job = SegmentationJob(mrml.scene, volume, node, job_request(task="total", speed="fast", device="cpu",
                                                                  offline=True), temp_root=tmp_path)
     run_to_end(job)
-    assert job.state_name == "failed"
+    assert job.state is State.FAILED
     assert "not installed" in job.error_message and "totalseg_import_weights" in job.error_message
     assert node.GetSegmentation().GetNumberOfSegments() == 0
     assert not list(tmp_path.glob("TotalSegmentator-*"))
@@ -134,11 +139,11 @@ def test_a_failing_child_surfaces_its_message_and_changes_nothing(mrml, home, da
 def test_bad_requests_are_refused_before_anything_starts(mrml, data_dir):
     volume = load_volume(mrml.scene, data_dir / "example_ct_sm.nii.gz")
     with pytest.raises(ValueError, match="Unknown task"):
-        SegmentationJob(mrml.scene, volume, None, JobRequest(task="totl"))
+        SegmentationJob(mrml.scene, volume, None, job_request(task="totl"))
     with pytest.raises(ValueError, match="Unknown class"):
-        SegmentationJob(mrml.scene, volume, None, JobRequest(task="total", roi_subset=["lvier"]))
+        SegmentationJob(mrml.scene, volume, None, job_request(task="total", roi_subset=["lvier"]))
     with pytest.raises(ValueError, match="input volume"):
-        SegmentationJob(mrml.scene, None, None, JobRequest())
+        SegmentationJob(mrml.scene, None, None, job_request())
 
 
 def test_every_frame_of_a_sequence_becomes_a_segmentation_sequence(mrml, home, data_dir, tmp_path):
@@ -162,10 +167,10 @@ def test_every_frame_of_a_sequence_becomes_a_segmentation_sequence(mrml, home, d
     mrml.sequences.UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(sequence)
 
-    job = SequenceJob(mrml.scene, proxy, None, JobRequest(task="total", speed="fast", device="cpu"),
+    job = SequenceJob(mrml.scene, proxy, None, job_request(task="total", speed="fast", device="cpu"),
                       temp_root=tmp_path)
     run_to_end(job)
-    assert job.state_name == "succeeded", job.error_message
+    assert job.state is State.SUCCEEDED, job.error_message
     result = sequences.sequence_of(mrml.scene, job.segmentation_node)
     assert result is not None and result.GetNumberOfDataNodes() == 2
     counts = [result.GetNthDataNode(i).GetSegmentation().GetNumberOfSegments() for i in range(2)]

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import torch
 from model_factory import SMALL, TINY, write_model_folder
-from totalseg_engine import geometry, prediction, runtimes, sliding_window
+from totalseg_engine import geometry
 from totalseg_engine.errors import ModelPlansError, TotalSegmentatorError
-from totalseg_engine.nnunet_plans import read_model_plans
-from totalseg_engine.prediction import ModelRunner, SlidingWindowRunner, make_runner, resolve_device
+from totalseg_engine.inference import prediction, runtimes, sliding_window
+from totalseg_engine.inference.nnunet_plans import read_model_plans
+from totalseg_engine.inference.prediction import ModelRunner, SlidingWindowRunner, make_runner, resolve_device
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right", 5: "aorta"}
 HAS_ORT = runtimes.onnxruntime_available()
@@ -454,12 +455,6 @@ def test_onnx_runs_never_import_torch_or_nnunet(tmp_path, data_dir, onnx_cache):
     assert second.stdout.strip().splitlines()[-1] == "[]"
     labels = np.asanyarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
     assert len(np.unique(labels)) > 10
-
-
-def test_command_line_offers_the_runtimes_of_the_engine():
-    from totalseg_engine import cli_options, prediction
-
-    assert cli_options.RUNTIMES == prediction.RUNTIMES
 
 
 def test_single_tile_is_reported_and_cropped_back(ct_model, ct_crop):

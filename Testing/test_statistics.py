@@ -7,7 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from totalseg_engine import statistics as st
+from totalseg_engine.core import statistics as st
 from totalseg_engine.errors import InvalidInputError
 from totalseg_engine.tasks import get_task
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from totalseg_engine import api, imageio, pipeline, terminology
+from totalseg_engine import imageio, terminology
+from totalseg_engine.core import pipeline
+from totalseg_engine.outputs.write import segment_infos, write_result
 from totalseg_engine.tasks import all_tasks
 from totalseg_engine.terminology import CONTEXT_NAME, MIN_COLOR_DISTANCE, Code, color_distance
 
@@ -526,7 +528,7 @@ def example_seg_nrrd(tmp_path_factory):
     img = nib.load(data)
     result = pipeline.Result(image=img, label_map=imageio.read_label_map(img))
     path = tmp_path_factory.mktemp("seg") / "example.seg.nrrd"
-    api.write_result(result, path, ml=False, output_type="seg_nrrd", overwrite=False)
+    write_result(result, path, ml=False, output_type="seg_nrrd", overwrite=False)
     present = sorted(int(v) for v in np.unique(np.asanyarray(img.dataobj)) if v)
     return path, {label: result.label_map[label] for label in present}
 
@@ -577,7 +579,7 @@ def terminology_tag(segment) -> str:
 
 
 def test_seg_nrrd_can_keep_class_names():
-    infos = api.segment_infos({5: "liver", 37: "vertebrae_T7"}, use_standard_names=False)
+    infos = segment_infos({5: "liver", 37: "vertebrae_T7"}, use_standard_names=False)
     assert [(i.label, i.name) for i in infos] == [(5, "liver"), (37, "vertebrae_T7")]
     assert infos[1].terminology == terminology.slicer_terminology_string(terminology.entry("vertebrae_T7"))
 
@@ -591,7 +593,7 @@ def test_seg_nrrd_can_keep_class_names():
 def dicom_seg_case(tmp_path_factory):
     """The official example_seg_dicom.nii.gz (LAS grid) written as a SEG over example_ct_dicom."""
     hd = pytest.importorskip("highdicom")
-    from totalseg_engine import dicom_output
+    from totalseg_engine.outputs import dicom as dicom_output
 
     folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator-tests"
     if not (folder / "example_ct_dicom").is_dir():

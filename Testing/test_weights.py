@@ -21,7 +21,8 @@ from typing import Optional
 import pytest
 from model_factory import TINY, write_task_models
 from model_factory import release_zip as zip_folder
-from totalseg_engine import licensing, paths, tasks, weights, weights_archive, weights_cli, weights_transfer
+from totalseg_engine import tasks
+from totalseg_engine.cli import weights as weights_cli
 from totalseg_engine.errors import (
     DownloadError,
     LicenseError,
@@ -30,6 +31,10 @@ from totalseg_engine.errors import (
     WeightsMissingError,
 )
 from totalseg_engine.progress import ProgressEvent
+from totalseg_engine.weights import archive as weights_archive
+from totalseg_engine.weights import cache as weights
+from totalseg_engine.weights import licensing, paths
+from totalseg_engine.weights import transfer as weights_transfer
 from weights_server import Server as _Server
 from weights_server import serving
 

@@ -15,7 +15,11 @@ import pytest
 from test_weights import _route, release_zip
 from test_weights import home as home  # noqa: F401  (autouse: a private TotalSegmentator home)
 from test_weights import server as server  # noqa: F401
-from totalseg_engine import imageio, licensing, masks, paths, tasks, weights_cli
+from totalseg_engine import imageio, tasks
+from totalseg_engine.cli import masks as combine_masks_cli
+from totalseg_engine.cli import weights as weights_cli
+from totalseg_engine.weights import archive as weights_archive
+from totalseg_engine.weights import licensing, paths
 from weights_server import Server
 
 OFFICIAL_DOWNLOADS: dict[str, tuple[int, ...]] = {
@@ -56,7 +60,7 @@ def is_licensed(dataset_id: int) -> bool:
 def releases(tmp_path: Path, server: Server) -> Server:  # noqa: F811
     """The server with a dummy release zip of every dataset an official download name needs."""
     for dataset_id in {i for ids in OFFICIAL_DOWNLOADS.values() for i in ids} | {297, 852, 853, 300, 598, 836}:
-        spec = weights_cli.weights_archive.known_spec(dataset_id)
+        spec = weights_archive.known_spec(dataset_id)
         if spec is not None and spec.release:
             server.serve(_route(spec), release_zip(tmp_path, spec))
     return server
@@ -101,12 +105,12 @@ def test_combine_masks_multilabel_and_nora_tag(tmp_path: Path, capsys: pytest.Ca
     seg = tmp_path / "seg.nii.gz"
     imageio.write_multilabel_nifti(labels, nib.Nifti1Image(labels, np.eye(4)), tasks.get_task("total").classes, seg)
     out = tmp_path / "lung_left.nii.gz"
-    assert masks.combine_main(["-i", str(seg), "-o", str(out), "-m", "lung_left", "-ml", "-t", "42"]) == 0
+    assert combine_masks_cli.combine_main(["-i", str(seg), "-o", str(out), "-m", "lung_left", "-ml", "-t", "42"]) == 0
     combined = nib.load(out)
     assert imageio.read_label_map(combined) == {1: "lung_left"}
     assert int(np.asanyarray(combined.dataobj).sum()) == 16
     assert "nora" in capsys.readouterr().err
-    assert masks.combine_main(["-i", str(seg), "-o", str(out), "--masks", "lung_left", "--multilabel"]) == 0
-    assert masks.combine_main(["-i", str(seg), "-o", str(out), "-m", "lung_left"]) == 0
+    assert combine_masks_cli.combine_main(["-i", str(seg), "-o", str(out), "--masks", "lung_left", "--multilabel"]) == 0
+    assert combine_masks_cli.combine_main(["-i", str(seg), "-o", str(out), "-m", "lung_left"]) == 0
     assert imageio.read_label_map(nib.load(out)) == {}  # without -ml: a plain binary mask, as the official
     assert capsys.readouterr().err == ""

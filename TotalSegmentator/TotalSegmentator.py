@@ -25,7 +25,19 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from totalseg_slicer import panel_state
+from totalseg_engine import (
+    State,
+    download_task,
+    get_license_key,
+    get_task,
+    import_weights,
+    missing_models,
+    models_of_task,
+    segment_info,
+    set_license_key,
+)
+from totalseg_slicer import dependencies, dependency_install, devices, legacy_api, panel_state, sequences
+from totalseg_slicer.job_request import from_parameter_node
 
 POLL_INTERVAL_MS = 100
 WEIGHTS_FOLDER_SETTING = "TotalSegmentator/WeightsFolder"
@@ -273,8 +285,6 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateRoiList(self) -> None:
         """Checklist of the task's classes, shown only for tasks that support ROI subsets."""
-        from totalseg_engine.tasks import get_task
-
         task = get_task(self._parameterNode.task)
         supported = panel_state.roi_supported(task.name)
         for widget in (self.ui.roiSubsetLabel, self.ui.roiSubsetFilterLineEdit, self.ui.roiSubsetListWidget,
@@ -382,14 +392,14 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLog(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)
 
-    def onFinished(self, state: str, message: str) -> None:
+    def onFinished(self, state: State, message: str) -> None:
         self._updateApplyButton()
         self.ui.elapsedTimeLabel.text = f"{time.monotonic() - self._startTime:.0f} s"
-        if state == "succeeded":
+        if state is State.SUCCEEDED:
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = "Done."
             return
-        if state == "cancelled":
+        if state is State.CANCELLED:
             self.ui.statusLabel.text = "Cancelled; the segmentation was left as it was."
             return
         self.ui.statusLabel.text = "Failed."
@@ -479,13 +489,8 @@ def connectGui(parameterNode, gui):
 
 
 def displayName(className: str) -> str:
-    """Standard display name of a class when the terminology table has it, else the class name."""
-    try:
-        from totalseg_engine import terminology
-
-        return terminology.entry(className).display_name
-    except Exception:
-        return className
+    """Standard display name of a class (the terminology table's, else the class name)."""
+    return segment_info(className)[0]
 
 
 #
@@ -493,32 +498,25 @@ def displayName(className: str) -> str:
 #
 
 
-class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
+class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic):
     """Everything the panel does, callable from the Python console.
 
     ``process(...)`` blocks until the segmentation is loaded; ``processAsync(...)`` returns at once and reports
     through callbacks (``cancel()`` stops it). Both run the engine in a child process with Slicer's Python.
+    The existing extension's attributes and helpers come from :class:`legacy_api.LegacyLogic`.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.initLegacyAttributes()
         self._job = None
         self._lastJob = None
         self._timer = None
         self._callbacks: dict[str, Callable] = {}
-        # The existing extension's attributes, read by console runs (the panel has its own parameters).
-        self.useStandardSegmentNames = True
-        self.robustCrop = False
-        self.removeSmallBlobs = False
-        self.higherOrderResampling = False
-        self.totalSegmentatorWeightsPath: Optional[str] = None
-        self.logCallback: Optional[Callable[[str], None]] = None
         if self.weightsFolder():  # the panel's choice applies to console runs too
             self.setWeightsFolder(self.weightsFolder())
 
     def getParameterNode(self) -> TotalSegmentatorParameterNode:
-        from totalseg_slicer import legacy_api
-
         node = super().getParameterNode()
         legacy_api.migrate_parameter_node(node)  # a scene saved with the existing extension
         return TotalSegmentatorParameterNode(node)
@@ -532,63 +530,31 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         The positional order is the existing extension's: ``quality`` "normal" / "fast" / "faster" or a bool,
         ``cpu``, ``task`` (None: total), ``subset`` (ROI subset), ``interactive`` (accepted),
         ``sequenceBrowserNode`` (given: every frame of the volume's sequence). Keyword-only, ours: ``fast``,
-        ``fastest``, ``roiSubset``, ``device`` and the job options (``statistics``, ``robust_crop``, ...).
+        ``fastest``, ``roiSubset``, ``device`` and the request's options (``statistics``, ``robust_crop``, ...).
         Blocks (processing Qt events so the application stays alive). Raises RuntimeError on failure.
         """
-        job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
-                            options)
-        job.on_log = self._log
+        self.requireDependencies()
+        request = self.consoleJobRequest(quality, cpu, task, subset, options)
+        job = self._makeJob(inputVolume, outputSegmentation, request, allFrames=sequenceBrowserNode is not None)
+        job.on_log = self.log
         job.on_progress = self._logProgress
         job.start()
         while not job.poll():
             slicer.app.processEvents(qt.QEventLoop.AllEvents, POLL_INTERVAL_MS)
             time.sleep(POLL_INTERVAL_MS / 1000)
-        if job.state_name != "succeeded":
-            raise RuntimeError(job.error_message or f"segmentation {job.state_name}")
+        if job.state is not State.SUCCEEDED:
+            raise RuntimeError(job.error_message or f"segmentation {job.state.value}")
         return job.segmentation_node
 
     def processAsync(self, inputVolume, outputSegmentation=None, quality=None, cpu: bool = False, task=None,
                      subset=None, interactive: bool = False, sequenceBrowserNode=None, onProgress=None,
                      onLog=None, onFinished=None, **options):
         """Start a segmentation and return at once; callbacks run in the GUI thread; ``cancel()`` stops it."""
-        job = self._makeJob(inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode,
-                            options)
-        self._run(job, onProgress or self._logProgress, onLog or self._log, onFinished)
-        return job
-
-    def _makeJob(self, inputVolume, outputSegmentation, quality, cpu, task, subset, sequenceBrowserNode, options):
         self.requireDependencies()
-        from totalseg_slicer import legacy_api
-        from totalseg_slicer.job import JobRequest, SegmentationJob, SequenceJob
-
-        speed = legacy_api.speed_of(quality, options.pop("fast", None), options.pop("fastest", False))
-        roi = options.pop("roiSubset", None) or subset
-        device = options.pop("device", None) or ("cpu" if cpu else "auto")
-        defaults = {"use_standard_names": self.useStandardSegmentNames, "robust_crop": self.robustCrop,
-                    "remove_small_blobs": self.removeSmallBlobs,
-                    "higher_order_resampling": self.higherOrderResampling}
-        if self.totalSegmentatorWeightsPath:
-            self.setWeightsFolder(self.totalSegmentatorWeightsPath)
-        request = JobRequest(task=task or "total", speed=speed, roi_subset=list(roi or []), device=device,
-                             **{**defaults, **options})
-        jobClass = SequenceJob if sequenceBrowserNode is not None else SegmentationJob
-        return jobClass(slicer.mrmlScene, inputVolume, outputSegmentation, request, temp_root=self.temporaryFolder())
-
-    def _log(self, line: str) -> None:
-        """The existing extension's ``logCallback``: engine output and progress messages, as they come."""
-        if self.logCallback:
-            self.logCallback(line)
-
-    def _logProgress(self, fraction: Optional[float], message: str) -> None:
-        if message:
-            self._log(message)
-
-    @staticmethod
-    def temporaryFolder() -> Path:
-        """Slicer's temporary folder (Application settings), where exports and engine outputs go while running."""
-        return Path(slicer.app.temporaryPath)
-
-    # ---------------------------------------------------------------- panel runs
+        request = self.consoleJobRequest(quality, cpu, task, subset, options)
+        job = self._makeJob(inputVolume, outputSegmentation, request, allFrames=sequenceBrowserNode is not None)
+        self._run(job, onProgress or self._logProgress, onLog or self.log, onFinished)
+        return job
 
     def start(self, params: TotalSegmentatorParameterNode, allFrames: bool = False, onProgress=None, onLog=None,
               onFinished=None) -> None:
@@ -597,27 +563,40 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         New output nodes appear only with a result: a cancelled or failed first run adds nothing to the scene.
         """
         self.requireDependencies()
-        from totalseg_slicer.job import JobRequest, SegmentationJob, SequenceJob
+        request = from_parameter_node(params)
+        job = self._makeJob(params.inputVolume, params.outputSegmentation, request, allFrames,
+                            table=params.outputStatisticsTable if params.computeStatistics else None)
 
-        request = JobRequest(
-            task=params.task, speed=params.speed, roi_subset=list(params.roiSubset), device=params.device,
-            robust_crop=params.robustCrop, body_seg=params.bodySeg, remove_small_blobs=params.removeSmallBlobs,
-            higher_order_resampling=params.higherOrderResampling, statistics=params.computeStatistics,
-            use_standard_names=params.useStandardSegmentNames)
-        jobClass = SequenceJob if allFrames else SegmentationJob
-        job = jobClass(slicer.mrmlScene, params.inputVolume, params.outputSegmentation, request,
-                       table_node=params.outputStatisticsTable if params.computeStatistics else None,
-                       temp_root=self.temporaryFolder())
-
-        def finished(state: str, message: str) -> None:
-            if state == "succeeded":
+        def finished(state: State, message: str) -> None:
+            if state is State.SUCCEEDED:
                 params.outputSegmentation = job.segmentation_node
-                if request.statistics and getattr(job, "table_node", None) is not None:
+                if request.segmentation.statistics and getattr(job, "table_node", None) is not None:
                     params.outputStatisticsTable = job.table_node
             if onFinished:
                 onFinished(state, message)
 
         self._run(job, onProgress, onLog, finished)
+
+    def _makeJob(self, inputVolume, outputSegmentation, request, allFrames: bool, table=None):
+        """The job for a request: every frame of the volume's sequence when ``allFrames``, else one run."""
+        from totalseg_slicer.job import SegmentationJob, SequenceJob  # imports nibabel: only after the install
+
+        if allFrames:
+            return SequenceJob(slicer.mrmlScene, inputVolume, outputSegmentation, request,
+                               temp_root=self.temporaryFolder())
+        return SegmentationJob(slicer.mrmlScene, inputVolume, outputSegmentation, request, table_node=table,
+                               temp_root=self.temporaryFolder())
+
+    def _logProgress(self, fraction: Optional[float], message: str) -> None:
+        if message:
+            self.log(message)
+
+    @staticmethod
+    def temporaryFolder() -> Path:
+        """Slicer's temporary folder (Application settings), where exports and engine outputs go while running."""
+        return Path(slicer.app.temporaryPath)
+
+    # ---------------------------------------------------------------- running
 
     def _run(self, job, onProgress, onLog, onFinished) -> None:
         if self.isRunning:
@@ -640,7 +619,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         self._lastJob = job
         finished = self._callbacks.get("finished")
         if finished:
-            finished(job.state_name, job.error_message)
+            finished(job.state, job.error_message)
 
     @property
     def isRunning(self) -> bool:
@@ -656,14 +635,14 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         """The engine's last output lines of the previous run (for error details)."""
         return "\n".join(self._lastJob.last_lines()) if self._lastJob else ""
 
-    # ---------------------------------------------------------------- helpers for the panel
+    # ---------------------------------------------------------------- what the panel asks
 
     def segmentsToReplace(self, params: TotalSegmentatorParameterNode) -> list[str]:
-        from totalseg_engine.tasks import get_task
-        from totalseg_slicer.segmentation_import import segments_to_replace
-
+        """Names of the output's segments a run of this task would replace (they came from an earlier run)."""
         if not params.outputSegmentation:
             return []
+        from totalseg_slicer.segmentation_import import segments_to_replace  # imports nibabel: after the install
+
         task = get_task(params.task)
         classes = list(params.roiSubset) or task.class_names
         ids = segments_to_replace(params.outputSegmentation, task.name, classes)
@@ -671,8 +650,6 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return [segmentation.GetSegment(i).GetName() for i in ids]
 
     def sequenceFrames(self, volumeNode) -> list:
-        from totalseg_slicer import sequences
-
         return sequences.frames_of(slicer.mrmlScene, volumeNode) if volumeNode else []
 
     def availableDevices(self) -> list[tuple[str, str]]:
@@ -681,20 +658,17 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         Asked of Slicer's Python in a child process (once, cached): importing torch here would open a CUDA
         context in Slicer itself, and a broken torch install would stop the panel from opening.
         """
-        from totalseg_slicer import devices
-        from totalseg_slicer.job import slicer_python
+        return devices.query_devices(devices.slicer_python())
 
-        return devices.query_devices(slicer_python())
+    # ---------------------------------------------------------------- licence and weights
 
-    def licenseKey(self) -> Optional[str]:
-        from totalseg_engine import licensing
+    @staticmethod
+    def licenseKey() -> Optional[str]:
+        return get_license_key()
 
-        return licensing.get_license_key()
-
-    def setLicenseKey(self, key: str) -> None:
-        from totalseg_engine import licensing
-
-        licensing.set_license_key(key)
+    @staticmethod
+    def setLicenseKey(key: str) -> None:
+        set_license_key(key)
 
     @staticmethod
     def weightsFolder() -> str:
@@ -710,31 +684,27 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         else:
             os.environ.pop("TOTALSEG_WEIGHTS_PATH", None)
 
-    def weightsStatus(self, task: str) -> str:
-        from totalseg_engine import weights
-        from totalseg_engine.tasks import models_of_task
-
+    @staticmethod
+    def weightsStatus(task: str) -> str:
         specs = models_of_task(task)
-        missing = weights.missing_models(specs)
+        missing = missing_models(specs)
         if not missing:
             return "installed"
         return f"{len(specs) - len(missing)} of {len(specs)} models installed (rest downloaded on first use)"
 
-    def downloadWeights(self, task: str, onProgress=None) -> None:
-        from totalseg_engine import weights
-
+    @staticmethod
+    def downloadWeights(task: str, onProgress=None) -> None:
         def report(event):
             if onProgress:
                 onProgress(event.fraction, event.message)
             slicer.app.processEvents()
 
-        weights.download_task(task, progress=report)
+        download_task(task, progress=report)
 
-    def importWeights(self, path: str):
+    @staticmethod
+    def importWeights(path: str):
         """Install weights from a zip or folder; returns the report (installed folders, skipped ones and why)."""
-        from totalseg_engine import weights_archive
-
-        return weights_archive.import_weights(path)
+        return import_weights(path)
 
     @staticmethod
     def needsWeights(message: str) -> bool:
@@ -744,48 +714,15 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
     def needsLicense(message: str) -> bool:
         return "licen" in message.lower() and "key" in message.lower()
 
-    # ---------------------------------------------------------------- the existing extension's helpers
-
-    @property
-    def tasks(self):
-        """Task metadata as the existing extension's ``logic.tasks`` (title, modalities, qualityModes, ...)."""
-        from totalseg_slicer import legacy_api
-
-        return legacy_api.task_table()
-
-    def getSupportedQualityModesForTask(self, task: str) -> list[str]:
-        from totalseg_slicer import legacy_api
-
-        return legacy_api.quality_modes(task)
-
-    def isMultiLabelSupportedForTask(self, task: str) -> bool:
-        from totalseg_engine.tasks import all_tasks
-
-        return task in all_tasks()
-
-    def isLicenseRequiredForTask(self, task: str) -> bool:
-        from totalseg_engine.tasks import all_tasks
-
-        return task in all_tasks() and all_tasks()[task].licensed
-
-    def setLicense(self, licenseStr: str) -> None:
-        self.setLicenseKey(licenseStr)
-
-    def setupPythonRequirements(self, upgrade: bool = False) -> bool:
-        """Install the engine's packages without asking (the existing extension's console entry point)."""
-        return self.ensureDependencies(askConfirmation=False, reinstall=upgrade)
-
     # ---------------------------------------------------------------- dependencies
 
-    def dependencySummary(self) -> str:
-        from totalseg_slicer import dependencies
-
+    @staticmethod
+    def dependencySummary() -> str:
         return dependencies.summary(dependencies.check())
 
-    def requireDependencies(self) -> None:
+    @staticmethod
+    def requireDependencies() -> None:
         """Raise a RuntimeError naming what to install when the engine's packages are missing (console runs)."""
-        from totalseg_slicer import dependencies
-
         missing = dependencies.missing(dependencies.check())
         if missing:
             raise RuntimeError(dependencies.missing_message(missing))
@@ -795,8 +732,6 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
 
         Returns False when the user declines; raises when an install fails, naming the package and what to do.
         """
-        from totalseg_slicer import dependencies, dependency_install
-
         statuses = dependencies.check()
         plan = dependency_install.plan_install(statuses, reinstall=reinstall)
         if plan.empty:
@@ -809,8 +744,6 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         with slicer.util.WaitCursor():
             dependency_install.install_dependencies(plan, slicer.util, _slicerPackaging(),
                                                     dependency_install.find_pytorch_utils())
-        from totalseg_slicer import devices
-
         devices.query_devices.cache_clear()
         self.requireDependencies()
         return True
@@ -848,11 +781,8 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
         except RuntimeError as missing:
             self.delayDisplay(f"Skipped: {missing}")
             return
-        from totalseg_engine import weights
-        from totalseg_engine.tasks import get_task
-
         task = get_task("total")
-        if weights.missing_models(task.mode("fast").models):
+        if missing_models(task.mode("fast").models):
             self.delayDisplay("Skipped: the weights of 'total --fast' are not installed "
                               "(download them in the panel's Advanced section, or run totalseg_download_weights).")
             return
@@ -861,7 +791,7 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
         volume = SampleData.downloadSample("CTACardio")
         logic = TotalSegmentatorLogic()
         segmentation = logic.process(volume, None, task="total", fast=True, device="auto")
-        from totalseg_slicer.segmentation_import import CLASS_TAG, segment_tag
+        from totalseg_slicer.segmentation_import import CLASS_TAG, segment_tag  # imports nibabel: installed now
 
         seg = segmentation.GetSegmentation()
         byClass = {segment_tag(seg.GetNthSegment(i), CLASS_TAG): seg.GetNthSegmentID(i)

@@ -29,7 +29,7 @@ def build_models(home: Path, task: str, speed: str) -> None:
     from model_factory import NNUNET_DEFAULT_CT, write_task_models
 
     os.environ["TOTALSEG_HOME_DIR"] = str(home)
-    from totalseg_engine import paths
+    from totalseg_engine.weights import paths
 
     write_task_models(paths.weights_dir(), task, speed, NNUNET_DEFAULT_CT, seed=0)
 
@@ -56,12 +56,13 @@ def forward_seconds(image: Path, task: str, speed: str, device: str, runtime: st
     For a runtime that the timed process does not report itself (nnU-Net's predictor standing in for the
     official tool's network): same models and tiles, each forward call timed.
     """
-    from totalseg_engine import pipeline
+    from totalseg_engine import SegmentationRequest, default_runner_factory, segment
 
     clock = ForwardClock()
     roi = list(flags[flags.index("--roi_subset") + 1:]) if "--roi_subset" in flags else None
-    options = pipeline.Options(task=task, speed=speed, roi_subset=roi, device=device, runtime=runtime, download=False)
-    pipeline.segment(image, options, runner_factory=clock.factory(pipeline.default_runner_factory(device, runtime)))
+    request = SegmentationRequest(task=task, speed=speed, roi_subset=roi, device=device, runtime=runtime,
+                                  download=False)
+    segment(image, request, runner_factory=clock.factory(default_runner_factory(device, runtime)))
     return clock.seconds, clock.calls
 
 

@@ -38,7 +38,7 @@ def build_weights(home: Path, plans_format: Optional[str] = None) -> None:
     the official trainer lookup finds a class; the folders keep the registry names.
     """
     from model_factory import NNUNET_DEFAULT_CT, NetworkSize, write_task_models
-    from totalseg_engine import paths
+    from totalseg_engine.weights import paths
 
     os.environ["TOTALSEG_HOME_DIR"] = str(home)
     small = NetworkSize(features=(8, 16, 32, 64), patch_size=(64, 64, 64))

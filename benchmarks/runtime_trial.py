@@ -42,7 +42,8 @@ def example_window(plans) -> np.ndarray:
     """example_ct as the pipeline hands it to the network, padded to one window."""
     import nibabel as nib
     from official import DATA
-    from totalseg_engine import geometry, sliding_window
+    from totalseg_engine import geometry
+    from totalseg_engine.inference import sliding_window
 
     ct = nib.as_closest_canonical(nib.load(DATA / "example_ct.nii.gz"))
     prepared = sliding_window.preprocess(geometry.to_nnunet([np.asarray(ct.dataobj)], (3.0, 3.0, 3.0)).data,
@@ -137,9 +138,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     args = parser.parse_args()
     import torch
-    from totalseg_engine import runtimes
-    from totalseg_engine.allocator import reuse_freed_memory
-    from totalseg_engine.nnunet_plans import read_model_plans
+    from totalseg_engine.inference import runtimes
+    from totalseg_engine.inference.allocator import reuse_freed_memory
+    from totalseg_engine.inference.nnunet_plans import read_model_plans
     from train_fixture import fast_model_dir
 
     torch.set_num_threads(os.cpu_count() or 1)

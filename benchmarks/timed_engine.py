@@ -38,7 +38,7 @@ class ForwardClock:
 
     def factory(self, base):
         """``base`` (a pipeline runner factory) with this clock around each model's forward passes."""
-        from totalseg_engine.prediction import SlidingWindowRunner
+        from totalseg_engine.inference.prediction import SlidingWindowRunner
 
         def make(spec, step):
             runner = base(spec, step)
@@ -65,7 +65,8 @@ def parse_forward(stderr: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    from totalseg_engine import cli, pipeline
+    from totalseg_engine.cli import main as cli
+    from totalseg_engine.core import pipeline
 
     clock = ForwardClock()
     plain = pipeline.default_runner_factory

@@ -62,7 +62,8 @@ def network_frame(image: nib.Nifti1Image, seg: nib.Nifti1Image, plans) -> tuple[
     The image takes the pipeline's own resampling; the official labels are resampled (nearest) onto that grid.
     """
     import nibabel.processing
-    from totalseg_engine import geometry, sliding_window
+    from totalseg_engine import geometry
+    from totalseg_engine.inference import sliding_window
 
     canonical = nib.as_closest_canonical(image)
     resampled = geometry.resample_image(canonical, plans.spacing[::-1])
@@ -110,8 +111,8 @@ def trainable_network(model_dir: Path):
     """The fold's network with the checkpoint's (random) weights, with deep supervision, as nnU-Net trains it."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from totalseg_engine import runtimes
-    from totalseg_engine.nnunet_plans import read_model_plans
+    from totalseg_engine.inference import runtimes
+    from totalseg_engine.inference.nnunet_plans import read_model_plans
 
     plans = read_model_plans(model_dir)
     network = get_network_from_plans(runtimes.network_class_path(plans.network_class_name), plans.network_kwargs,
@@ -147,7 +148,7 @@ def timed_training(parameters: list, step, seconds: float, lr: float, seed: int,
     glibc keeps freed activations in the heap meanwhile (``allocator``): a quarter less time per step here.
     """
     import torch
-    from totalseg_engine.allocator import reuse_freed_memory
+    from totalseg_engine.inference.allocator import reuse_freed_memory
 
     rng = np.random.default_rng(seed)
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=3e-5)
@@ -203,7 +204,7 @@ class Window:
 
 def inference_windows(case: Case, patch: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The (image, labels, inside the image) tiles of a case, padded and placed as the sliding window does."""
-    from totalseg_engine import sliding_window
+    from totalseg_engine.inference import sliding_window
 
     image, unpad = sliding_window.pad_to_patch(case.image[None], patch)
     labels = np.zeros(image.shape[1:], np.int64)

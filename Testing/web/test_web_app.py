@@ -27,7 +27,8 @@ from model_factory import SMALL_3MM, write_task_models
 from PIL import Image
 from playwright.sync_api import sync_playwright
 from process_support import group_left_after
-from totalseg_engine import imageio, paths, terminology
+from totalseg_engine import imageio, terminology
+from totalseg_engine.weights import paths
 from web_support import launch_chromium, log_file, start_launcher
 
 MAX_UPLOAD_MB = 20

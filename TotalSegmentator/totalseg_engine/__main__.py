@@ -1,5 +1,5 @@
 """``python -m totalseg_engine ...`` runs the command line (how the Slicer panel starts the engine)."""
 
-from .cli import run
+from .cli.main import run
 
 run()

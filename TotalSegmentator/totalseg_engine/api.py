@@ -1,41 +1,65 @@
 """The Python API: ``totalsegmentator(input, output, ...)``, called like the official 2.18 function.
 
-Takes a path (NIfTI, NRRD, DICOM folder or zip) or a nibabel image, returns the multilabel
-segmentation as a nibabel image on the input's grid, and optionally writes it: NIfTI, a Slicer
-.seg.nrrd, or for DICOM input a DICOM SEG or RT Structure Set referencing the input series.
+Takes a path (NIfTI, NRRD, DICOM folder or zip) or a nibabel image, returns the multilabel segmentation as a
+nibabel image on the input's grid, and optionally writes it: NIfTI, a Slicer .seg.nrrd, or for DICOM input a DICOM
+SEG or RT Structure Set referencing the input series.
+
+This is an edge: the official keywords are converted here, once, into a :class:`~.request.SegmentationRequest`,
+and the run takes the path every front end takes (:func:`.case.segment_to_files`). The official keywords without a
+counterpart of their own are decided here too, so that a script written for the official package either runs with
+the same meaning or stops before any work with an error naming the keyword, never with a ``TypeError``:
+
+- :data:`NO_OPS`: tuning and debugging switches of the official implementation (threads, nora, test modes, ...)
+  that change nothing in the result; accepted and ignored.
+- :data:`UNSUPPORTED`: features this engine does not have; accepted at the official default, refused with
+  :class:`InvalidOptionError` otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import replace
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import nibabel as nib
-import numpy as np
 
-from . import api_options, imageio, licensing, pipeline, terminology
+from .case import segment_to_files
+from .core import pipeline
 from .errors import InvalidOptionError
+from .outputs.targets import statistics_file
+from .outputs.write import labelled_image
 from .progress import ProgressCallback, ignore_progress
+from .request import SegmentationRequest
 
-DICOM_OUTPUT_TYPES = ("dicom_seg", "dicom_rtstruct")
-OUTPUT_TYPES = ("nifti", "seg_nrrd", *DICOM_OUTPUT_TYPES)
-FILE_OUTPUT_TYPES = ("seg_nrrd", *DICOM_OUTPUT_TYPES)
-DICOM_INPUT_NEEDED = "To use output type dicom_rtstruct or dicom_seg you also have to use a Dicom image as input."
-# Python modules each DICOM output needs beyond the engine's own (pip names in the message).
-DICOM_OUTPUT_MODULES = {"dicom_seg": {"highdicom": "highdicom"},
-                        "dicom_rtstruct": {"pydicom": "pydicom", "skimage": "scikit-image"}}
+NO_OPS = ("nr_thr_resamp", "nr_thr_saving", "nora_tag", "crop_path", "quiet", "verbose", "test", "debug", "plans")
+"""Official keywords without effect here: thread counts, the nora database tag, the official's crop
+mask folder (unused by its API), console chatter, its test and debug modes, and the nnU-Net plans name
+(each released model has exactly one)."""
+
+UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "radiomics": (False, "radiomics features are not computed"),
+    "v1_order": (False, "only the current (v2) class order is available"),
+    "statistics_normalized_intensities": (False, "only raw intensities are reported in the statistics"),
+    "higher_order_resampling_LEGACY": (False, "use higher_order_resampling=True instead"),
+    "save_probabilities": (None, "class probabilities are not saved"),
+    "report": (None, "no run report is written"),
+    "statistics_extra": (False, "only volume and intensity are reported in the statistics"),
+    "save_lowres": (False, "outputs are always on the input's grid"),
+    "resampling_order": (1, "the resampling is always linear (order 1), as the official default"),
+    "model_size": ("big", "only the released full-size models are available"),
+}
+"""Official keyword -> (official default, why any other value cannot be honoured)."""
+
+OfficialOutputType = Union[str, Sequence[str]]
+StatisticsOption = Union[bool, str, Path]
 
 
 def totalsegmentator(
         input: Union[str, Path, nib.Nifti1Image], output: Union[str, Path, None] = None, ml: bool = False,
         nr_thr_resamp: int = 1, nr_thr_saving: int = 6, fast: bool = False, nora_tag: Optional[str] = "None",
         preview: bool = False, task: str = "total", roi_subset: Optional[Sequence[str]] = None,
-        statistics: api_options.StatisticsOption = False, radiomics: bool = False,
+        statistics: StatisticsOption = False, radiomics: bool = False,
         crop_path: Union[str, Path, None] = None, body_seg: bool = False, force_split: bool = False,
-        output_type: api_options.OfficialOutputType = "nifti", quiet: bool = False, verbose: bool = False,
+        output_type: OfficialOutputType = "nifti", quiet: bool = False, verbose: bool = False,
         test: int = 0, skip_saving: bool = False, device: str = "gpu", license_number: Optional[str] = None,
         statistics_exclude_masks_at_border: bool = True, no_derived_masks: bool = False, v1_order: bool = False,
         fastest: bool = False, roi_subset_robust: Optional[Sequence[str]] = None, stats_aggregation: str = "mean",
@@ -52,8 +76,8 @@ def totalsegmentator(
     """Segment ``input``; write to ``output`` when given; return the label image (and statistics).
 
     The parameters are those of the official 2.18 ``totalsegmentator()`` in its order, so scripts written
-    for it run unchanged (see :mod:`api_options` for the official keywords that are ignored or refused);
-    the keyword-only ones are this engine's own. The returned image carries the class names in the same
+    for it run unchanged (:data:`NO_OPS` and :data:`UNSUPPORTED` are the official keywords that are ignored or
+    refused); the keyword-only ones are this engine's own. The returned image carries the class names in the same
     NIfTI label-table extension as the official's; with ``statistics`` (True or the path of the json to
     write) the return is ``(image, statistics)``, as in the official.
 
@@ -64,152 +88,40 @@ def totalsegmentator(
     "torch" (labels identical to the official tool's), "onnxruntime" or "openvino" (faster forward passes, not
     bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
     """
-    api_options.check_unsupported({
+    check_unsupported({
         "radiomics": radiomics, "v1_order": v1_order,
         "statistics_normalized_intensities": statistics_normalized_intensities,
         "higher_order_resampling_LEGACY": higher_order_resampling_LEGACY, "save_probabilities": save_probabilities,
         "report": report, "statistics_extra": statistics_extra, "save_lowres": save_lowres,
         "resampling_order": resampling_order, "model_size": model_size})
-    types = api_options.output_types(output_type)
-    roi, robust_crop = api_options.robust_roi(roi_subset, roi_subset_robust, robust_crop)
-    options = pipeline.Options(
-        task=task, speed=api_options.speed(fast, fastest), roi_subset=roi,
+    if roi_subset_robust is not None:  # a roi_subset cropped with the 3 mm model
+        roi_subset, robust_crop = roi_subset_robust, True
+    request = SegmentationRequest(
+        task=task, speed="fast" if fast else ("fastest" if fastest else "normal"), roi_subset=roi_subset,
         robust_crop=robust_crop, body_seg=body_seg, force_split=force_split, remove_small_blobs=remove_small_blobs,
         higher_order_resampling=higher_order_resampling, statistics=bool(statistics),
         stats_include_incomplete=stats_include_incomplete or not statistics_exclude_masks_at_border,
-        device=device, runtime=runtime, download=download, stats_aggregation=stats_aggregation)
+        stats_aggregation=stats_aggregation, device=device, runtime=runtime, download=download,
+        license_number=license_number, output_types=_output_types(output_type), multilabel=ml, preview=preview,
+        derived_masks=not no_derived_masks, overwrite="always" if overwrite else "never")
     output = None if output is None else Path(output).expanduser().absolute()
-    targets = {} if output is None or skip_saving else _targets(output, ml, types, task, overwrite)
-    for kind in targets:
-        _check_dicom_output(input, kind)
-    if license_number is not None:
-        licensing.set_license_key(license_number)
-    with _source_for(input, targets) as source:  # a zip is extracted once, for reading and writing
-        result = pipeline.segment(source, options, progress, should_cancel, runner_factory)
-        for kind, target in targets.items():
-            write_result(replace(result, statistics=None), target, ml or len(targets) > 1, kind, overwrite,
-                         source=source)
-        if preview and targets:  # as the official: only when a segmentation is written, beside it
-            _write_preview(source, result, targets, ml, task)
-    stats_file = api_options.statistics_file(statistics, output, ml, types)
-    if stats_file is not None and result.statistics is not None:
-        from . import statistics as statistics_module
-
-        statistics_module.write_statistics(result.statistics, stats_file)
-    image = labelled_image(result)
-    return (image, result.statistics or {}) if statistics else image
+    stats_path = statistics_file(statistics, output, ml, request.output_types)
+    case = segment_to_files(input, None if skip_saving else output, request, statistics_path=stats_path,
+                            progress=progress, should_cancel=should_cancel, runner_factory=runner_factory)
+    image = labelled_image(case.result)
+    return (image, case.result.statistics or {}) if statistics else image
 
 
-def _write_preview(source: Union[str, Path, nib.Nifti1Image], result: pipeline.Result,
-                   targets: Mapping[str, Path], ml: bool, task: str) -> None:
-    """``preview_<task>.png`` in the output folder (the class-file folder, else the folder of the file)."""
-    from .preview import write_preview
-
-    kind, first = next(iter(targets.items()))
-    folder = first if kind == "nifti" and not ml and len(targets) == 1 else first.parent
-    write_preview(source, result.image, result.label_map, folder / f"preview_{task}.png")
+def check_unsupported(values: Mapping[str, Any]) -> None:
+    """Refuse, before any work, an official keyword set to a value this engine cannot honour."""
+    for name, value in values.items():
+        default, reason = UNSUPPORTED[name]
+        if value != default:
+            raise InvalidOptionError(f"The keyword {name}={value!r} is not supported: {reason}.")
 
 
-def labelled_image(result: pipeline.Result) -> nib.Nifti1Image:
-    """The label image with its class names in the header, as the official returns it (the result is kept)."""
-    image = nib.Nifti1Image(result.image.dataobj, result.image.affine, result.image.header.copy())
-    image.header.extensions.append(imageio.label_table_extension(result.label_map))
-    return image
-
-
-def _targets(output: Path, ml: bool, types: Sequence[str], task: str, overwrite: bool) -> dict[str, Path]:
-    """Output type -> path to write, each checked before hours of computing; several types go side by side."""
-    paths = api_options.output_paths(output, types, task, ml)
-    return {kind: _check_output(path, ml or len(types) > 1, kind, overwrite) for kind, path in paths.items()}
-
-
-def _source_for(input: Union[str, Path, nib.Nifti1Image], targets: Mapping[str, Path]):
-    """The DICOM series folder when a DICOM output will reference the input's files, else the input as given."""
-    if any(kind in DICOM_OUTPUT_TYPES for kind in targets) and _is_dicom_input(input) \
-            and Path(input).expanduser().exists():  # a missing input is reported by the reader as not found
-        return imageio.dicom_series_folder(input)
-    return contextlib.nullcontext(input)
-
-
-def _is_file_output(ml: bool, output_type: str) -> bool:
-    return ml or output_type in FILE_OUTPUT_TYPES
-
-
-def _check_output(output: Path, ml: bool, output_type: str, overwrite: bool) -> Path:
-    """Refuse a bad or occupied output before hours of computing, not after."""
-    if output_type not in OUTPUT_TYPES:
-        raise InvalidOptionError(f"Unknown output type '{output_type}'. Valid: {', '.join(OUTPUT_TYPES)}.")
-    output = output.expanduser().absolute()
-    imageio.check_output_path(output, overwrite)
-    if _is_file_output(ml, output_type) and output.is_dir():
-        example = "seg.dcm" if output_type in DICOM_OUTPUT_TYPES else "seg.nii.gz with --ml, seg.seg.nrrd"
-        raise InvalidOptionError(f"Output {output} is a folder; this output needs a file name ({example}).")
-    return output
-
-
-def _check_dicom_output(input: Union[str, Path, nib.Nifti1Image], output_type: str) -> None:
-    """Refuse a DICOM output that cannot be written, before computing: non-DICOM input or a missing package.
-
-    A path that does not exist passes, so that reading it reports it as not found rather than as not DICOM.
-    """
-    if output_type not in DICOM_OUTPUT_TYPES:
-        return
-    not_found = not isinstance(input, nib.Nifti1Image) and not Path(input).expanduser().exists()
-    if not (not_found or _is_dicom_input(input)):
-        raise InvalidOptionError(DICOM_INPUT_NEEDED)
-    missing = [name for module, name in DICOM_OUTPUT_MODULES[output_type].items() if find_spec(module) is None]
-    if missing:
-        names = " ".join(missing)
-        raise InvalidOptionError(f"Output type {output_type} needs the Python package(s) {names}: pip install {names}")
-
-
-def _is_dicom_input(input: Union[str, Path, nib.Nifti1Image, None]) -> bool:
-    return input is not None and not isinstance(input, nib.Nifti1Image) and imageio.is_dicom_source(input)
-
-
-def _write_dicom(result: pipeline.Result, output: Path, output_type: str, overwrite: bool,
-                 source: Union[str, Path, nib.Nifti1Image, None]) -> None:
-    """DICOM outputs reference the instances of the input series, so they are written from its files."""
-    from . import dicom_output
-
-    if not _is_dicom_input(source):
-        raise InvalidOptionError(DICOM_INPUT_NEEDED)
-    writer = dicom_output.write_dicom_seg if output_type == "dicom_seg" else dicom_output.write_rtstruct
-    with imageio.dicom_series_folder(source) as folder:
-        writer(result.image, result.label_map, folder, output, overwrite=overwrite)
-
-
-def write_result(result: pipeline.Result, output: Path, ml: bool, output_type: str, overwrite: bool,
-                 source: Union[str, Path, nib.Nifti1Image, None] = None) -> None:
-    """Write the segmentation (and statistics.json beside it) atomically.
-
-    ``source`` is the input that was segmented; DICOM outputs need it to be the DICOM folder or zip.
-    """
-    if output_type in DICOM_OUTPUT_TYPES:
-        _write_dicom(result, output, output_type, overwrite, source)
-    elif output_type == "seg_nrrd":
-        present = {int(v) for v in np.unique(result.data)} & set(result.label_map)
-        segments = segment_infos({k: v for k, v in result.label_map.items() if k in present})
-        imageio.write_seg_nrrd(result.data, result.image, segments, output, overwrite=overwrite)
-    elif ml:
-        imageio.write_multilabel_nifti(result.data, result.image, result.label_map, output, overwrite=overwrite)
-    else:
-        imageio.write_class_files(result.data, result.image, result.label_map, output, overwrite=overwrite)
-    if result.statistics is not None:
-        from . import statistics
-
-        folder = output.parent if _is_file_output(ml, output_type) else output
-        statistics.write_statistics(result.statistics, folder / "statistics.json")
-
-
-def segment_infos(label_map: dict[int, str], use_standard_names: bool = True) -> list[imageio.SegmentInfo]:
-    """Segment names, colours and Slicer terminology tags for .seg.nrrd output.
-
-    The same as the Slicer panel gives its segments, whose "use standard segment names" option is on by
-    default: display names ("Vertebra T7"); ``use_standard_names=False`` keeps the class names instead.
-    """
-    infos = []
-    for label, name in sorted(label_map.items()):
-        display, color, entry = terminology.segment_info(name, use_standard_names)
-        infos.append(imageio.SegmentInfo(label=label, name=display, color=color, terminology=entry))
-    return infos
+def _output_types(output_type: OfficialOutputType) -> tuple[str, ...]:
+    """The official ``output_type``: one name or a list of names."""
+    if not isinstance(output_type, str) and not list(output_type):
+        raise InvalidOptionError("output_type is an empty list; give at least one output type.")
+    return (output_type,) if isinstance(output_type, str) else tuple(output_type)

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import IO, Mapping, Optional, Sequence, Union
 
 from .progress import ProgressEvent, parse_event_line
+from .request import SegmentationRequest
 
 ENGINE_MODULE = "totalseg_engine"
 # The folder holding the totalseg_engine package: put on the child's PYTHONPATH so that any Python
 # (Slicer's PythonSlicer included) finds the engine without it being installed.
 ENGINE_ROOT = Path(__file__).resolve().parent.parent
-SPEED_FLAGS = {"normal": (), "fast": ("--fast",), "fastest": ("--fastest",)}
 CANCELLED_EXIT_CODE = 130  # what the CLI returns for a cancelled or interrupted run
 TAIL_LINES = 200
 SUMMARY_LINES = 3
@@ -41,40 +41,14 @@ POLL_INTERVAL_S = 0.02
 _WINDOWS = os.name == "nt"
 
 
-def engine_command(input_path: Union[str, Path], output_path: Union[str, Path], *, python: str = sys.executable,
-                   task: str = "total", speed: str = "normal", roi_subset: Optional[Sequence[str]] = None,
-                   device: str = "gpu", robust_crop: bool = False, body_seg: bool = False,
-                   force_split: bool = False, remove_small_blobs: Union[bool, float, None] = False,
-                   higher_order_resampling: bool = False, statistics: bool = False,
-                   stats_include_incomplete: bool = False, license_number: Optional[str] = None,
-                   output_type: Union[str, Sequence[str]] = "nifti", ml: bool = True, overwrite: bool = True,
-                   offline: bool = False) -> list[str]:
-    """The argv of one engine run reporting JSON progress; values are passed through for the CLI to check.
+def engine_command(input_path: Union[str, Path], output_path: Union[str, Path], request: SegmentationRequest, *,
+                   python: str = sys.executable) -> list[str]:
+    """The argv of one engine run of ``request`` reporting JSON progress (the request as its own flags).
 
-    ``speed`` is normal, fast or fastest (the only value checked here, as the CLI only sees flags);
-    ``remove_small_blobs`` is False/None (off), True (the CLI's default size) or a size in mm³.
-    ``output_type`` is one type or several (the CLI writes each beside the others, named after the output).
     In Slicer pass ``python=shutil.which("PythonSlicer")``: Slicer's ``sys.executable`` is the application.
     """
-    if speed not in SPEED_FLAGS:
-        raise ValueError(f"Unknown speed '{speed}'; expected one of {', '.join(SPEED_FLAGS)}.")
-    argv = [str(python), "-m", ENGINE_MODULE, "-i", str(input_path), "-o", str(output_path), "--task", task,
-            "--device", device, "--output_type", *_types(output_type), *SPEED_FLAGS[speed]]
-    if roi_subset:
-        argv += ["--roi_subset", *roi_subset]
-    if remove_small_blobs is not None and remove_small_blobs is not False:
-        argv += ["--remove_small_blobs"] + ([] if remove_small_blobs is True else [str(remove_small_blobs)])
-    if license_number:
-        argv += ["--license_number", license_number]
-    switches = {"--ml": ml, "--robust_crop": robust_crop, "--body_seg": body_seg, "--force_split": force_split,
-                "--higher_order_resampling": higher_order_resampling, "--statistics": statistics,
-                "--stats_include_incomplete": stats_include_incomplete, "--overwrite": overwrite,
-                "--offline": offline}
-    return argv + [flag for flag, on in switches.items() if on] + ["--progress-json"]
-
-
-def _types(output_type: Union[str, Sequence[str]]) -> list[str]:
-    return [output_type] if isinstance(output_type, str) else [str(kind) for kind in output_type]
+    return [str(python), "-m", ENGINE_MODULE, "-i", str(input_path), "-o", str(output_path), *request.to_argv(),
+            "--progress-json"]
 
 
 def child_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
@@ -91,8 +65,9 @@ def child_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str
     return env
 
 
-class State(enum.Enum):
-    """Life of a run; CANCELLED is distinct from FAILED so the panel says 'cancelled', not 'error'."""
+class State(str, enum.Enum):
+    """Life of a run (an engine process, a panel or web job); CANCELLED is distinct from FAILED so the panel says
+    'cancelled', not 'error'. A ``str`` too, so that callbacks comparing with "succeeded" keep working."""
 
     NOT_STARTED = "not_started"
     RUNNING = "running"

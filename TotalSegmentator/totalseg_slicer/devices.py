@@ -1,4 +1,4 @@
-"""The device list for the panel, asked of a child Python (``totalseg_engine.devices``) and cached.
+"""The device list for the panel, asked of a child Python (the engine's device-list program) and cached.
 
 Importing torch in Slicer's own process would open a CUDA context for the whole session, and a broken torch
 (a Windows DLL failing to load) would abort the panel's setup; a child process costs a second or two, once
@@ -12,19 +12,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
+import sys
 
-from totalseg_engine.devices import AUTO, CPU
+from totalseg_engine import AUTO_DEVICE, CPU_DEVICE, DEVICE_LIST_MODULE, EngineProcess, LogMessage
 
-DEVICES_MODULE = "totalseg_engine.devices"
-FALLBACK = (AUTO, CPU)  # what the child itself answers without torch
+FALLBACK = (AUTO_DEVICE, CPU_DEVICE)  # what the child itself answers without torch
 DEFAULT_TIMEOUT_S = 60.0  # a cold torch import with CUDA takes several seconds on Windows
 log = logging.getLogger(__name__)
+
+
+def slicer_python() -> str:
+    """Slicer's own Python (``PythonSlicer``); in Slicer ``sys.executable`` is the application itself."""
+    return shutil.which("PythonSlicer") or sys.executable
 
 
 def query_devices(python: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[tuple[str, str]]:
     """(label, value) pairs: auto, every CUDA GPU, Apple MPS when available, CPU; from ``python``'s torch.
 
-    In Slicer pass PythonSlicer (``totalseg_slicer.job.slicer_python()``). The answer is cached per
+    In Slicer pass :func:`slicer_python`. The answer is cached per
     ``python``; ``query_devices.cache_clear()`` forgets it (after torch was installed or changed).
     """
     return list(_device_table(str(python), float(timeout_s)))
@@ -35,10 +41,8 @@ def _device_table(python: str, timeout_s: float) -> tuple[tuple[str, str], ...]:
     # The engine's child-process runner (standard library only: usable before any install) puts the engine on
     # the child's PYTHONPATH and, on timeout, stops the whole process tree: PythonSlicer may be a launcher whose
     # own child would otherwise keep running with the pipes open.
-    from totalseg_engine.runner import EngineProcess, LogMessage
-
-    command = f"{python} -m {DEVICES_MODULE}"
-    process = EngineProcess([python, "-m", DEVICES_MODULE])
+    command = f"{python} -m {DEVICE_LIST_MODULE}"
+    process = EngineProcess([python, "-m", DEVICE_LIST_MODULE])
     try:
         process.start()
     except OSError as err:

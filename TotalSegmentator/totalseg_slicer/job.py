@@ -10,58 +10,32 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import slicer
-from totalseg_engine import runner
-from totalseg_engine.progress import ProgressEvent
-from totalseg_engine.tasks import get_task
+from totalseg_engine import (
+    EngineProcess,
+    FinishedMessage,
+    LogMessage,
+    ProgressEvent,
+    ProgressMessage,
+    SegmentationRequest,
+    State,
+    engine_command,
+    get_task,
+    segment_info,
+)
 
 from . import segmentation_import, sequences, statistics_table
+from .devices import slicer_python
+from .job_request import JobRequest
 from .volume_export import export_volume
 
 ProgressFn = Callable[[Optional[float], str], None]
 LogFn = Callable[[str], None]
-
-
-@dataclass
-class JobRequest:
-    """What to run: the panel's options (also the keyword arguments of ``Logic.process``)."""
-
-    task: str = "total"
-    speed: str = "normal"
-    roi_subset: list[str] = field(default_factory=list)
-    device: str = "auto"
-    robust_crop: bool = False
-    body_seg: bool = False
-    remove_small_blobs: bool = False
-    higher_order_resampling: bool = False
-    statistics: bool = False
-    use_standard_names: bool = True
-    replace_existing: bool = True
-    license_number: Optional[str] = None
-    offline: bool = False
-
-    def validate(self) -> None:
-        """Raise before anything starts: unknown task, speed or ROI class."""
-        task = get_task(self.task)
-        task.mode(self.speed)
-        task.check_classes(self.roi_subset)
-
-
-def slicer_python() -> str:
-    """Slicer's own Python (``PythonSlicer``); in Slicer ``sys.executable`` is the application itself."""
-    return shutil.which("PythonSlicer") or sys.executable
-
-
-def _device_for_engine(device: str) -> str:
-    return "gpu" if device == "auto" else device
-
-
 class _Job:
     """What every job shares: the request, the scene and output node, callbacks and the final state."""
 
@@ -79,7 +53,7 @@ class _Job:
         self.temp_root = temp_root
         self.on_progress: ProgressFn = lambda fraction, message: None
         self.on_log: LogFn = lambda line: None
-        self.state_name = "not started"
+        self.state = State.NOT_STARTED
         self.error_message = ""
 
     def _output_node(self) -> slicer.vtkMRMLSegmentationNode:
@@ -92,9 +66,21 @@ class _Job:
 
 
 class SegmentationJob(_Job):
-    """Export → child process → import for one volume; poll() until it returns True."""
+    """Export → child process → import for one volume; poll() until it returns True.
 
-    output_types: tuple[str, ...] = ("nifti",)  # the multilabel NIfTI that is imported comes first
+    Hooks for subclasses (the web app's job, a sequence frame's job), each with the panel's behaviour by default:
+
+    - :attr:`output_types`: what the engine writes (the multilabel NIfTI that is imported comes first);
+    - :meth:`export_input`: the file the engine reads;
+    - :meth:`result_labels`: what is imported (the result file, or an array read from it);
+    - :meth:`import_result`: loading the finished result into the scene;
+    - :meth:`load_statistics`: what happens with statistics.json (a table node).
+
+    Hooks run in the thread that polls (Slicer's main thread, the web app's event loop); the engine's files
+    are in the job's temporary folder until the job finishes (:attr:`result_path`).
+    """
+
+    output_types: tuple[str, ...] = ("nifti",)
 
     def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
                  segmentation_node: Optional[slicer.vtkMRMLSegmentationNode], request: JobRequest,
@@ -103,8 +89,40 @@ class SegmentationJob(_Job):
         super().__init__(scene, input_volume, segmentation_node, request, python, temp_root)
         self.table_node = table_node
         self.segment_ids: list[str] = []
-        self._process: Optional[runner.EngineProcess] = None
+        self._process: Optional[EngineProcess] = None
         self._folder: Optional[Path] = None
+
+    # ---------------------------------------------------------------- hooks
+
+    def export_input(self, path: Path) -> Path:
+        """Hook: write the input for the engine (an NRRD at ``path``) and return the file the engine reads."""
+        return export_volume(self.input_volume, path, compress=False)
+
+    def result_labels(self) -> segmentation_import.LabelSource:
+        """Hook: what is imported: the engine's result file (a subclass may read it itself and pass the array on)."""
+        return self.result_path
+
+    def import_result(self) -> None:
+        """Hook: load the finished result into the output segmentation (all or nothing), then the statistics."""
+        self.on_progress(1.0, "Loading the segmentation")
+        task = get_task(self.request.task)
+        label_map = _requested_classes(task.classes, self.request.roi_subset)
+        self.segment_ids = segmentation_import.import_segmentation(
+            self.scene, self.result_labels(), self._output_node(), self.input_volume, label_map, task.name,
+            segment_info_function(self.request.use_standard_names), self.request.replace_existing)
+        if self.request.segmentation.statistics:
+            self.load_statistics()
+
+    def load_statistics(self) -> None:
+        """Hook: statistics.json of the run as a table node (names as the segments are named)."""
+        stats = json.loads((self._folder / "statistics.json").read_text(encoding="utf-8"))
+        names = {name: segment_info_function(self.request.use_standard_names)(0, name)[0] for name in stats}
+        self.table_node = statistics_table.statistics_to_table(self.scene, stats, self.table_node, names)
+
+    @property
+    def result_path(self) -> Path:
+        """The multilabel NIfTI the engine writes (others beside it, named by the engine's rule)."""
+        return self._folder / "segmentation.nii.gz"
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -113,40 +131,31 @@ class SegmentationJob(_Job):
         self._folder = Path(tempfile.mkdtemp(prefix="TotalSegmentator-", dir=self.temp_root))
         try:
             self.on_progress(0.0, "Exporting the input volume")
-            source = self._export(self._folder / "input.nrrd")
-            self._process = runner.EngineProcess(self._command(source)).start()
+            source = self.export_input(self._folder / "input.nrrd")
+            self._process = EngineProcess(self._command(source)).start()
         except Exception:
             self._cleanup()
             raise
-        self.state_name = "running"
+        self.state = State.RUNNING
 
-    def _export(self, path: Path) -> Path:
-        return export_volume(self.input_volume, path, compress=False)
+    def engine_request(self) -> SegmentationRequest:
+        """The request the engine runs: the user's, writing this job's outputs into its temporary folder."""
+        return replace(self.request.segmentation, output_types=self.output_types, multilabel=True,
+                       overwrite="always")
 
     def _command(self, source: Path) -> list[str]:
-        r = self.request
-        return runner.engine_command(
-            source, self._result_path, python=self.python, task=r.task, speed=r.speed,
-            roi_subset=r.roi_subset or None, device=_device_for_engine(r.device), robust_crop=r.robust_crop,
-            body_seg=r.body_seg, remove_small_blobs=r.remove_small_blobs,
-            higher_order_resampling=r.higher_order_resampling, statistics=r.statistics,
-            license_number=r.license_number, output_type=self.output_types, ml=True, overwrite=True,
-            offline=r.offline)
-
-    @property
-    def _result_path(self) -> Path:
-        return self._folder / "segmentation.nii.gz"
+        return engine_command(source, self.result_path, self.engine_request(), python=self.python)
 
     def poll(self) -> bool:
         """Forward progress and log lines; import the result when the child is done. True once finished."""
-        if self._process is None or self.state_name not in ("not started", "running"):
-            return self.state_name not in ("not started", "running")
+        if self._process is None or self.state.finished:
+            return self.state.finished
         for message in self._process.poll():
-            if isinstance(message, runner.ProgressMessage):
+            if isinstance(message, ProgressMessage):
                 self._report(message.event)
-            elif isinstance(message, runner.LogMessage):
+            elif isinstance(message, LogMessage):
                 self.on_log(message.text)
-            elif isinstance(message, runner.FinishedMessage):
+            elif isinstance(message, FinishedMessage):
                 self._finish(message.state)
                 return True
         return False
@@ -156,8 +165,8 @@ class SegmentationJob(_Job):
         if self._process is not None and not self._process.state.finished:
             self._process.cancel()
             self.poll()
-        if self.state_name == "running":
-            self._set_final("cancelled", "Cancelled.")
+        if self.state is State.RUNNING:
+            self._set_final(State.CANCELLED, "Cancelled.")
 
     def last_lines(self, n: int = 20) -> list[str]:
         return self._process.last_lines(n) if self._process else []
@@ -172,20 +181,20 @@ class SegmentationJob(_Job):
         label = f" (model {event.model} of {event.of})" if event.model and event.of else ""
         self.on_progress(event.fraction, f"{event.message or event.stage}{label}")
 
-    def _finish(self, state: runner.State) -> None:
-        if state is runner.State.SUCCEEDED:
+    def _finish(self, state: State) -> None:
+        if state is State.SUCCEEDED:
             given = self.segmentation_node
             try:
-                self._import_result()
+                self.import_result()
             except Exception as err:  # the import failed: the node is unchanged (all-or-nothing import)
                 self._discard_created_node(given)
-                self._set_final("failed", f"Loading the result failed: {err}")
+                self._set_final(State.FAILED, f"Loading the result failed: {err}")
                 return
-            self._set_final("succeeded", "")
-        elif state is runner.State.CANCELLED:
-            self._set_final("cancelled", "Cancelled.")
+            self._set_final(State.SUCCEEDED, "")
+        elif state is State.CANCELLED:
+            self._set_final(State.CANCELLED, "Cancelled.")
         else:
-            self._set_final("failed", self._process.error_summary())
+            self._set_final(State.FAILED, self._process.error_summary())
 
     def _discard_created_node(self, given) -> None:
         """Remove an output node this job created for a result that could not be loaded."""
@@ -194,30 +203,10 @@ class SegmentationJob(_Job):
                 self.scene.RemoveNode(self.segmentation_node)
             self.segmentation_node = None
 
-    def _set_final(self, state: str, message: str) -> None:
-        self.state_name = state
+    def _set_final(self, state: State, message: str) -> None:
+        self.state = state
         self.error_message = message
         self._cleanup()
-
-    def _import_result(self) -> None:
-        self.on_progress(1.0, "Loading the segmentation")
-        task = get_task(self.request.task)
-        label_map = _requested_classes(task.classes, self.request.roi_subset)
-        self.segment_ids = segmentation_import.import_segmentation(
-            self.scene, self._labels(), self._output_node(), self.input_volume, label_map, task.name,
-            segment_info_function(self.request.use_standard_names), self.request.replace_existing)
-        if self.request.statistics:
-            self._load_statistics()
-
-    def _labels(self) -> segmentation_import.LabelSource:
-        """What is imported: the engine's result file (a subclass may read it itself and pass the array on)."""
-        return self._result_path
-
-    def _load_statistics(self) -> None:
-        path = self._folder / "statistics.json"
-        stats = json.loads(path.read_text(encoding="utf-8"))
-        names = {name: segment_info_function(self.request.use_standard_names)(0, name)[0] for name in stats}
-        self.table_node = statistics_table.statistics_to_table(self.scene, stats, self.table_node, names)
 
     def _cleanup(self) -> None:
         if self._folder is not None:
@@ -225,7 +214,7 @@ class SegmentationJob(_Job):
             self._folder = None
 
 
-def _requested_classes(classes: dict[int, str], roi_subset: list[str]) -> dict[int, str]:
+def _requested_classes(classes: dict[int, str], roi_subset: tuple[str, ...]) -> dict[int, str]:
     if not roi_subset:
         return dict(classes)
     return {label: name for label, name in classes.items() if name in roi_subset}
@@ -233,10 +222,9 @@ def _requested_classes(classes: dict[int, str], roi_subset: list[str]) -> dict[i
 
 def segment_info_function(use_standard_names: bool) -> segmentation_import.SegmentInfoFn:
     """Segment name, colour and terminology entry of a class, from the terminology table."""
-    from totalseg_engine import terminology
 
     def info(label: int, class_name: str):
-        return terminology.segment_info(class_name, use_standard_names)
+        return segment_info(class_name, use_standard_names)
 
     return info
 
@@ -261,7 +249,7 @@ class SequenceJob(_Job):
         self._next = 0
 
     def start(self) -> None:
-        self.state_name = "running"
+        self.state = State.RUNNING
         self._start_next()
 
     def _start_next(self) -> None:
@@ -277,12 +265,12 @@ class SequenceJob(_Job):
 
     def poll(self) -> bool:
         if self._current is None:
-            return self.state_name != "running"
+            return self.state is not State.RUNNING
         if not self._current.poll():
             return False
         job, self._current = self._current, None
-        if job.state_name != "succeeded":
-            self.state_name, self.error_message = job.state_name, job.error_message
+        if job.state is not State.SUCCEEDED:
+            self.state, self.error_message = job.state, job.error_message
             return True
         self._results[job.frame.index_value] = job.segmentation_node
         if self._next < len(self.frames):
@@ -293,14 +281,14 @@ class SequenceJob(_Job):
 
     def _assemble(self) -> None:
         sequences.assemble_segmentation_sequence(self.scene, self.input_volume, self._results, self._output_node())
-        self.state_name = "succeeded"
+        self.state = State.SUCCEEDED
 
     def cancel(self) -> None:
         if self._current is not None:
             self._current.cancel()
             self._current = None
-        if self.state_name == "running":
-            self.state_name, self.error_message = "cancelled", "Cancelled."
+        if self.state is State.RUNNING:
+            self.state, self.error_message = State.CANCELLED, "Cancelled."
 
     def last_lines(self, n: int = 20) -> list[str]:
         return self._current.last_lines(n) if self._current else []
@@ -314,11 +302,11 @@ class _FrameJob(SegmentationJob):
         self.frame = frame
         self.proxy = proxy
 
-    def _export(self, path: Path) -> Path:
+    def export_input(self, path: Path) -> Path:
         return export_volume(self.frame.volume, path, compress=False, transform_source=self.proxy)
 
-    def _import_result(self) -> None:
+    def import_result(self) -> None:
         task = get_task(self.request.task)
         self.segmentation_node = segmentation_import.build_segmentation_node(
-            self._result_path, self.frame.volume, _requested_classes(task.classes, self.request.roi_subset),
+            self.result_path, self.frame.volume, _requested_classes(task.classes, self.request.roi_subset),
             task.name, segment_info_function(self.request.use_standard_names), transform_source=self.proxy)

@@ -6,14 +6,19 @@ That extension's logic (lassoan/SlicerTotalSegmentator, ``TotalSegmentator.py``)
 ``subset`` is the ROI subset; ``tasks`` is a dict of task metadata; its parameter node stores ``Task``,
 ``Quality``, ``CPU`` and the options as "true"/"false" strings beside the ``InputVolume`` and
 ``OutputSegmentation`` references. Qt-free and slicer-free, so it is tested directly.
+
+:class:`LegacyLogic` carries that logic's attributes and helpers into ours (mixed into ``TotalSegmentatorLogic``),
+so our logic class reads as its own work.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from totalseg_engine.tasks import all_tasks, get_task
+from totalseg_engine import all_tasks, get_task
+
+from .job_request import JobRequest, job_request
 
 QUALITY_OF_SPEED = {"normal": "normal", "fast": "fast", "fastest": "faster"}
 SPEED_OF_QUALITY = {quality: speed for speed, quality in QUALITY_OF_SPEED.items()}
@@ -78,3 +83,60 @@ def migrate_parameter_node(node) -> bool:
             node.SetParameter(ours, "")
             node.SetNodeReferenceID(ours, referenced)
     return True
+
+
+class LegacyLogic:
+    """The existing extension's logic interface, on ours: its attributes (read by console runs; the panel has its
+    own parameters), its helper methods, and its console arguments mapped onto a job request.
+
+    The class it is mixed into provides ``setLicenseKey``, ``ensureDependencies`` and ``setWeightsFolder``.
+    """
+
+    def initLegacyAttributes(self) -> None:
+        self.useStandardSegmentNames = True
+        self.robustCrop = False
+        self.removeSmallBlobs = False
+        self.higherOrderResampling = False
+        self.totalSegmentatorWeightsPath: Optional[str] = None
+        self.logCallback: Optional[Callable[[str], None]] = None
+
+    def consoleJobRequest(self, quality: Union[str, bool, None], cpu: bool, task: Optional[str],
+                          subset: Optional[list[str]], options: dict[str, Any]) -> JobRequest:
+        """``process()``'s arguments in the existing extension's order, plus ours as keywords (``fast``,
+        ``fastest``, ``roiSubset``, ``device`` and the request's own), with the attributes as defaults."""
+        speed = speed_of(quality, options.pop("fast", None), options.pop("fastest", False))
+        roi = options.pop("roiSubset", None) or subset
+        device = options.pop("device", None) or ("cpu" if cpu else "auto")
+        defaults = {"use_standard_names": self.useStandardSegmentNames, "robust_crop": self.robustCrop,
+                    "remove_small_blobs": self.removeSmallBlobs,
+                    "higher_order_resampling": self.higherOrderResampling}
+        if self.totalSegmentatorWeightsPath:
+            self.setWeightsFolder(self.totalSegmentatorWeightsPath)
+        return job_request(task=task or "total", speed=speed, roi_subset=list(roi or []), device=device,
+                           **{**defaults, **options})
+
+    def log(self, line: str) -> None:
+        """The existing extension's ``logCallback``: engine output and progress messages, as they come."""
+        if self.logCallback:
+            self.logCallback(line)
+
+    @property
+    def tasks(self) -> OrderedDict:
+        """Task metadata as the existing extension's ``logic.tasks`` (title, modalities, qualityModes, ...)."""
+        return task_table()
+
+    def getSupportedQualityModesForTask(self, task: str) -> list[str]:
+        return quality_modes(task)
+
+    def isMultiLabelSupportedForTask(self, task: str) -> bool:
+        return task in all_tasks()
+
+    def isLicenseRequiredForTask(self, task: str) -> bool:
+        return task in all_tasks() and all_tasks()[task].licensed
+
+    def setLicense(self, licenseStr: str) -> None:
+        self.setLicenseKey(licenseStr)
+
+    def setupPythonRequirements(self, upgrade: bool = False) -> bool:
+        """Install the engine's packages without asking (the existing extension's console entry point)."""
+        return self.ensureDependencies(askConfirmation=False, reinstall=upgrade)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from totalseg_engine.tasks import SPEEDS, Task, all_tasks, get_task
+from totalseg_engine import SPEEDS, Task, all_tasks, get_task
 
 ALL = "All"
 FILTERS = (ALL, "CT", "MR")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 import slicer
-from totalseg_engine.imageio import atomic_output
+from totalseg_engine import atomic_output
 
 SUFFIX = ".seg.nrrd"
 

@@ -39,8 +39,7 @@ import nibabel as nib
 import numpy as np
 import slicer
 import vtk
-from totalseg_engine import imageio
-from totalseg_engine.errors import InvalidInputError
+from totalseg_engine import InvalidInputError, read_image, read_label_map, reorient_to_grid
 from vtk.util import numpy_support
 
 from .volume_export import array_to_matrix, check_scalar_volume, ijk_to_ras, ijk_to_world, to_world
@@ -70,7 +69,7 @@ LabelSource = Union[str, os.PathLike, nib.spatialimages.SpatialImage, np.ndarray
 def _read_labels(labels: LabelSource, affine: Optional[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """The voxel array and its affine (None: already on the volume's voxels) of any accepted label source."""
     if isinstance(labels, (str, os.PathLike)):
-        labels = imageio.read_image(labels)
+        labels = read_image(labels)
     if isinstance(labels, nib.spatialimages.SpatialImage):
         return np.asanyarray(labels.dataobj), labels.affine if affine is None else affine
     return np.asanyarray(labels), affine
@@ -110,7 +109,7 @@ def labels_on_volume_grid(labels: np.ndarray, affine: Optional[np.ndarray], refe
         return array
     reference = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), ijk_to_world(reference_volume, transform_source))
     try:
-        moved = imageio.reorient_to_grid(nib.Nifti1Image(array, np.asarray(affine, dtype=float)), reference, tolerance)
+        moved = reorient_to_grid(nib.Nifti1Image(array, np.asarray(affine, dtype=float)), reference, tolerance)
     except ValueError as err:
         raise InvalidInputError(
             f"The segmentation does not lie on the voxels of volume '{reference_volume.GetName()}' (it was computed "
@@ -400,8 +399,8 @@ def import_official_output(scene: slicer.vtkMRMLScene, path: Union[str, os.PathL
                            segment_info: Optional[SegmentInfoFn] = None, replace_existing: bool = True,
                            tolerance: float = GRID_TOLERANCE_MM) -> list[str]:
     """Import a multilabel NIfTI written by TotalSegmentator (``--ml``) using the label table in its header."""
-    image = imageio.read_image(path)
-    label_map = imageio.read_label_map(image)
+    image = read_image(path)
+    label_map = read_label_map(image)
     if not label_map:
         raise InvalidInputError(f"{path} has no TotalSegmentator label table; pass its label map explicitly.")
     return import_segmentation(scene, image, segmentation_node, reference_volume, label_map, task, segment_info,

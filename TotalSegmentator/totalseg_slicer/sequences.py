@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import slicer
-from totalseg_engine.errors import InvalidInputError
+from totalseg_engine import InvalidInputError
 
 
 @dataclass(frozen=True)

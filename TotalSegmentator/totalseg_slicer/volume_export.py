@@ -20,8 +20,7 @@ from typing import Optional, Union
 import numpy as np
 import slicer
 import vtk
-from totalseg_engine.errors import InvalidInputError
-from totalseg_engine.imageio import atomic_output
+from totalseg_engine import InvalidInputError, atomic_output
 
 PathLike = Union[str, os.PathLike]
 

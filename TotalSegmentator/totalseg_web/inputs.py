@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
-from totalseg_engine import imageio
+from totalseg_engine import NIFTI_SUFFIXES, SITK_SUFFIXES, dicom_series_files, load_image
 
-IMAGE_SUFFIXES = (*imageio.NIFTI_SUFFIXES, *imageio.SITK_SUFFIXES, ".zip")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES, ".zip")
 CHUNK_BYTES = 1 << 20
 
 
@@ -106,7 +106,7 @@ def open_input(path: Path, work_folder: Path, max_bytes: int, name: Optional[str
         path = unpack_zip(path, work_folder / (safe_name(path.stem) + "-dicom"), max_bytes)
     elif path.is_file():
         check_image_name(path.name)
-    imageio.load_image(path)
+    load_image(path)
     if path.is_dir():
-        return OpenedInput(name, path, imageio.dicom_series_files(path), True)
+        return OpenedInput(name, path, dicom_series_files(path), True)
     return OpenedInput(name, path, [str(path)], False)

@@ -21,12 +21,10 @@ from typing import Optional
 
 import slicer
 from aiohttp import web
-from totalseg_engine import runner, terminology
-from totalseg_engine.errors import TotalSegmentatorError
-from totalseg_engine.tasks import get_task
+from totalseg_engine import State, TotalSegmentatorError, cancel_all, get_task, segment_info
 from totalseg_slicer import panel_state, segmentation_import
 from totalseg_slicer.devices import query_devices
-from totalseg_slicer.job import JobRequest
+from totalseg_slicer.job_request import job_request
 from trame.app import get_server
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -149,7 +147,7 @@ class Session:
         self.state.speed_items = [speed for speed, ok in panel_state.offered_speeds(task).items() if ok]
         self.state.speed = panel_state.speed_for(task, self.state.speed)
         self.state.roi_enabled = panel_state.roi_supported(task)
-        self.state.roi_items = [{"title": terminology.segment_info(name)[0], "value": name}
+        self.state.roi_items = [{"title": segment_info(name)[0], "value": name}
                                 for name in classes] if self.state.roi_enabled else []
         self.state.roi_subset = [name for name in self.state.roi_subset if name in classes]
         self.state.task_licensed = get_task(task).licensed
@@ -251,9 +249,9 @@ class Session:
         if self.state.running:
             return self.cancel()
         try:
-            request = JobRequest(task=self.state.task, speed=self.state.speed, device=self.state.device,
-                                 roi_subset=list(self.state.roi_subset) if self.state.roi_enabled else [],
-                                 license_number=self.state.license_number or None)
+            request = job_request(task=self.state.task, speed=self.state.speed, device=self.state.device,
+                                  roi_subset=list(self.state.roi_subset) if self.state.roi_enabled else [],
+                                  license_number=self.state.license_number or None)
             self.runs += 1
             job = WebSegmentationJob(self.scene, self.volume, request, self.opened,
                                      self.folder / "results" / f"run-{self.runs}", python=sys.executable,
@@ -303,7 +301,7 @@ class Session:
 
     def cancel(self) -> None:
         self.cancel_requested = True
-        if self.job is not None and self.job.state_name == "running":
+        if self.job is not None and self.job.state is State.RUNNING:
             self.job.cancel()
 
     def _on_progress(self, fraction: Optional[float], message: str) -> None:
@@ -313,13 +311,13 @@ class Session:
             self.state.progress_message = message
 
     def _finished(self, job: WebSegmentationJob, seconds: float) -> None:
-        if job.state_name == "failed":
+        if job.state is State.FAILED:
             return self._fail(job.error_message)
-        if job.state_name != "succeeded":
+        if job.state is not State.SUCCEEDED:
             return self._set_final_status(job.error_message or "Cancelled.")
         self._drop_result()
         self.result = job
-        self.label_names = {label: terminology.segment_info(name)[0]
+        self.label_names = {label: segment_info(name)[0]
                             for label, name in get_task(job.request.task).classes.items()}
         node = job.segmentation_node
         node.CreateClosedSurfaceRepresentation()
@@ -441,7 +439,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.start(port=options.port, host="127.0.0.1", open_browser=False, timeout=options.idle_timeout,
                      show_connection_info=False, disable_logging=True)
     finally:
-        runner.cancel_all()
+        cancel_all()
         shutil.rmtree(options.session_dir, ignore_errors=True)
     return 0
 

@@ -11,14 +11,16 @@ import csv
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import slicer
-from totalseg_engine import api_options, imageio, terminology
+from totalseg_engine import atomic_output, multi_output_paths, read_image, segment_info, split_suffix, statistics_file
 from totalseg_slicer import seg_nrrd, segmentation_import
-from totalseg_slicer.job import JobRequest, SegmentationJob
+from totalseg_slicer.job import SegmentationJob
+from totalseg_slicer.job_request import JobRequest
 
 from .inputs import OpenedInput
 
@@ -35,7 +37,7 @@ class WebSegmentationJob(SegmentationJob):
     def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
                  request: JobRequest, opened: OpenedInput, results_folder: Path, python: Optional[str] = None,
                  temp_root: Optional[Path] = None) -> None:
-        request.statistics = True
+        request = replace(request, segmentation=replace(request.segmentation, statistics=True))
         super().__init__(scene, input_volume, None, request, python=python, temp_root=temp_root)
         self.opened = opened
         self.results_folder = results_folder
@@ -44,22 +46,22 @@ class WebSegmentationJob(SegmentationJob):
         self.labels: Optional[np.ndarray] = None  # on the volume's voxels (i, j, k), for "what is under the cursor"
         self.statistics: Optional[list[dict]] = None  # statistics_rows() of the engine's statistics.json
 
-    def _export(self, path: Path) -> Path:
+    def export_input(self, path: Path) -> Path:
         return self.opened.source
 
-    def _labels(self) -> np.ndarray:
+    def result_labels(self) -> np.ndarray:
         """The result read once, on the volume's voxels: imported as such, and kept for the cursor probe."""
-        image = imageio.read_image(self._result_path)
+        image = read_image(self.result_path)
         self.labels = segmentation_import.labels_on_volume_grid(
             np.asanyarray(image.dataobj), image.affine, self.input_volume)
         return self.labels
 
-    def _load_statistics(self) -> None:
+    def load_statistics(self) -> None:
         """Rows for the page's table and the CSV, read once; no table node (the page shows its own table)."""
         self.statistics = statistics_rows(self._engine_files()["statistics_json"])
 
-    def _import_result(self) -> None:
-        super()._import_result()
+    def import_result(self) -> None:
+        super().import_result()
         try:
             self._keep_outputs()
         except Exception:  # no half set of downloads: the job fails as a whole (the panel's job reports it)
@@ -68,8 +70,8 @@ class WebSegmentationJob(SegmentationJob):
 
     def _engine_files(self) -> dict[str, Path]:
         """Where the engine wrote each output, by its own naming rule for several output types."""
-        files = api_options.multi_output_paths(self._result_path, self.output_types, self.request.task)
-        files["statistics_json"] = api_options.statistics_file(True, self._result_path, True, self.output_types)
+        files = multi_output_paths(self.result_path, self.output_types, self.request.task)
+        files["statistics_json"] = statistics_file(True, self.result_path, True, self.output_types)
         return files
 
     def _keep_outputs(self) -> None:
@@ -89,7 +91,7 @@ class WebSegmentationJob(SegmentationJob):
 
 
 def _file_stem(name: str) -> str:
-    stem = imageio.split_suffix(name)[0]
+    stem = split_suffix(name)[0]
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "segmentation"
 
 
@@ -98,14 +100,14 @@ def statistics_rows(statistics_json: Path) -> list[dict]:
     stats = json.loads(statistics_json.read_text(encoding="utf-8"))
     rows = []
     for class_name, values in stats.items():
-        display = terminology.segment_info(class_name)[0]
+        display = segment_info(class_name)[0]
         rows.append({"structure": class_name, "name": display, "volume_mm3": values.get("volume"),
                      "intensity": values.get("intensity")})
     return rows
 
 
 def write_statistics_csv(rows: list[dict], target: Path) -> None:
-    with imageio.atomic_output(target, overwrite=True) as temp, open(temp, "w", newline="", encoding="utf-8") as out:
+    with atomic_output(target, overwrite=True) as temp, open(temp, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=["structure", "name", "volume_mm3", "intensity"])
         writer.writeheader()
         writer.writerows(rows)

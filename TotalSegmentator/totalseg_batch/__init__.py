@@ -1,0 +1,1 @@
+"""totalseg_batch: a cohort of images segmented on warm workers (Dask), resumable, one manifest."""

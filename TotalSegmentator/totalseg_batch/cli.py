@@ -1,0 +1,186 @@
+"""``totalseg_batch -i INPUT... -o OUTDIR [TotalSegmentator options]``: segment a cohort.
+
+Every case is written to ``OUTDIR/<case id>/`` exactly as ``TotalSegmentator -i <case> -o OUTDIR/<case id>``
+writes it (``segmentation.*`` inside it for file outputs). A re-run with the same options skips finished
+cases; exit status 0 when every case of the cohort is done, 1 when any failed (now or before), 2 for bad
+options, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from totalseg_engine import (
+    InvalidOptionError,
+    SegmentationRequest,
+    TotalSegmentatorError,
+    add_reporting_options,
+    add_request_arguments,
+    ensure_weights,
+    gpu_count,
+    parse_command,
+    required_models,
+)
+
+from . import cases as batch_cases
+from . import cluster as batch
+from . import manifest as batch_manifest
+from .progress import CohortProgress
+from .worker import CaseRequest
+
+# Options that do not change a case's segmentation: a re-run that changes only these skips finished cases.
+NOT_IN_OPTIONS_KEY = ("device", "download")  # the licence key is never in the options at all
+LOCK = ".totalseg_batch.lock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="totalseg_batch", allow_abbrev=False,
+                                description="Segment a cohort with TotalSegmentator's models: warm workers, "
+                                            "resumable, on a local or any Dask cluster.")
+    p.add_argument("-i", dest="inputs", metavar="input", nargs="+", type=Path, required=True,
+                   help="Image files, folders of them, DICOM folders or zips, or CSV / text lists of them "
+                        "(a CSV needs a 'path' column, 'case_id' is optional).")
+    p.add_argument("-o", dest="outdir", metavar="outdir", type=Path, required=True,
+                   help="Output folder: OUTDIR/<case id>/ per case, manifest.jsonl and manifest.csv.")
+    cohort = p.add_argument_group("cohort")
+    cohort.add_argument("--workers", type=int, help="Local worker processes (default: one per GPU; on a CPU "
+                                                    "one per 4 cores that memory allows, at least one).")
+    cohort.add_argument("--threads-per-worker", type=int, help="CPU threads per worker (default: the cores "
+                                                               "split between the workers).")
+    cohort.add_argument("--cases-per-worker", type=int,
+                        help="Cases a local worker runs at once: with 2, one case is read, resampled and written "
+                             "while the other predicts (default 2 per GPU worker, 1 on a CPU).")
+    cohort.add_argument("--scheduler", metavar="ADDRESS",
+                        help="Run on an existing Dask cluster (tcp://host:8786, or a scheduler file's path).")
+    cohort.add_argument("--shard", metavar="I/N",
+                        help="Run only slice I of N (1..N) of the cohort, in this process, without Dask "
+                             "(for Slurm array jobs).")
+    cohort.add_argument("--retry-failed", action="store_true", help="Run again cases that failed before.")
+    cohort.add_argument("--force", action="store_true", help="Run every case again, finished or not.")
+    cohort.add_argument("--max-attempts", type=int, default=batch.DEFAULT_MAX_ATTEMPTS,
+                        help="Attempts per case when its worker dies (default 3).")
+    cohort.add_argument("--progress-json", action="store_true",
+                        help="One JSON object per line on stdout: start, each finished case, end.")
+    add_request_arguments(p, exclude=("overwrite",))  # each case is written into a staging folder of its own
+    add_reporting_options(p)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args, request = parse_command(parser, argv)
+    if args.statistics not in (True, False):
+        parser.error("-s takes no file name here: every case gets statistics.json and the cohort "
+                     "cohort_statistics.csv in OUTDIR")
+    try:
+        return _run(args, request)
+    except KeyboardInterrupt:
+        print("Interrupted: finished cases are kept and recorded; re-run the same command to go on.",
+              file=sys.stderr)
+        return 130
+    except TotalSegmentatorError as err:
+        if args.verbose:
+            raise
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+
+def options_key(request: SegmentationRequest) -> str:
+    """The manifest's key of what a case's segmentation depends on: a case done with other options is done again."""
+    options = request.to_json()
+    return batch_manifest.options_key({k: v for k, v in options.items() if k not in NOT_IN_OPTIONS_KEY})
+
+
+def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
+    outdir = args.outdir.expanduser().absolute()
+    if outdir.exists() and not outdir.is_dir():
+        raise InvalidOptionError(f"-o {outdir} is a file; give the folder that receives the cases.")
+    cases = batch_cases.find_cases(args.inputs)
+    if args.shard:
+        cases = batch_cases.shard(cases, args.shard)
+    _ensure_weights(request)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(outdir, args.shard):
+        manifest = batch_manifest.Manifest(outdir)
+        previous = manifest.load()
+        key = options_key(request)
+        decisions = [batch_manifest.decide(case, previous.get(case.case_id), key, outdir, args.force,
+                                           args.retry_failed) for case in cases]
+        to_run = [d.case for d in decisions if d.run]
+        failed_before = sum(1 for d in decisions if not d.run and d.reason != "done")
+        progress = CohortProgress(len(to_run), len(decisions) - len(to_run), failed_before, args.progress_json,
+                                  args.quiet)
+        spec, threads = _cluster(args, request)
+        cases_request = CaseRequest(str(outdir), request, key, threads, spec.gpu_count, frozenset(previous))
+        spec.on_start = progress.start
+        if not to_run:
+            progress.start("Nothing to run.")
+        elif args.shard:
+            progress.start(f"Shard {args.shard}: {len(cases)} cases, in this process")
+            batch.run_in_process(to_run, cases_request, progress.case, spec.cases_per_worker)
+        else:
+            batch.run_on_dask(to_run, cases_request, progress.case, spec)
+        records = manifest.load() if args.shard else manifest.compact()
+        if args.shard:
+            manifest.write_summary(records)
+        if args.statistics:
+            from .statistics import write_cohort_statistics
+
+            write_cohort_statistics(outdir, records)
+        progress.end(str(outdir / batch_manifest.MANIFEST))
+    incomplete = progress.failed + failed_before
+    return 1 if incomplete else 0
+
+
+def _cluster(args: argparse.Namespace, request: SegmentationRequest) -> tuple[batch.ClusterSpec, Optional[int]]:
+    """The cluster to run on and the torch threads per worker (None: the worker's own setting)."""
+    if args.max_attempts < 1:
+        raise InvalidOptionError("--max-attempts must be at least 1.")
+    for name in ("workers", "cases_per_worker", "threads_per_worker"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InvalidOptionError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.scheduler:
+        return batch.ClusterSpec(args.scheduler, max_attempts=args.max_attempts), args.threads_per_worker
+    gpus = gpu_count() if request.device.lower() not in ("cpu", "mps") else 0
+    cases = args.cases_per_worker or (batch.CASES_PER_GPU_WORKER if gpus else batch.CASES_PER_CPU_WORKER)
+    if args.shard:  # this process is the one worker
+        threads = args.threads_per_worker
+        return batch.ClusterSpec(None, 1, threads, args.max_attempts, min(gpus, 1), cases_per_worker=cases), threads
+    workers, threads = batch.local_layout(args.workers, args.threads_per_worker, gpus)
+    return batch.ClusterSpec(None, workers, threads, args.max_attempts, gpus, cases_per_worker=cases), threads
+
+
+def _ensure_weights(request: SegmentationRequest) -> None:
+    """Check the options and fetch missing weights once, here, before any worker starts (not once per worker)."""
+    ensure_weights(required_models(request), download=request.download, task=request.task)
+
+
+@contextlib.contextmanager
+def _exclusive(outdir: Path, shard: Optional[str]) -> Iterator[None]:
+    """One whole-cohort run per output folder at a time (shards share it by design)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; documented
+        yield
+        return
+    name = LOCK if not shard else f"{LOCK}.shard-{shard.replace('/', '-of-')}"
+    with (outdir / name).open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InvalidOptionError(f"Another totalseg_batch run is writing to {outdir}; wait for it to end, "
+                                     f"or choose another -o.") from None
+        yield
+
+
+def run() -> None:
+    """Console entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,61 @@
+"""What a panel or console run asks for, in the engine's terms: the Slicer vocabulary mapped onto one request.
+
+Light on purpose (the engine's request, the task registry and the standard library): the module script imports it
+when Slicer starts, before nibabel or torch may be installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from totalseg_engine import SegmentationRequest, get_task
+
+ENGINE_DEVICE = {"auto": "gpu"}  # the panel's "auto (GPU if available)" is the engine's default device
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a panel or console run asks for: the engine's request, and how its result is loaded into the scene."""
+
+    segmentation: SegmentationRequest = field(default_factory=SegmentationRequest)
+    use_standard_names: bool = True
+    replace_existing: bool = True
+
+    @property
+    def task(self) -> str:
+        return self.segmentation.task
+
+    @property
+    def roi_subset(self) -> tuple[str, ...]:
+        return self.segmentation.roi_subset
+
+    def validate(self) -> None:
+        """Raise before anything starts: unknown task, speed or ROI class."""
+        task = get_task(self.task)
+        task.mode(self.segmentation.speed)
+        task.check_classes(list(self.roi_subset))
+
+
+def job_request(*, device: str = "auto", offline: bool = False, use_standard_names: bool = True,
+                replace_existing: bool = True, **options: Any) -> JobRequest:
+    """The Slicer vocabulary (the panel's parameters and the console's keywords) as a job request, in one place.
+
+    ``device`` is the panel's choice ("auto" is the engine's default GPU-else-CPU); ``offline`` the console's name
+    for not downloading; every other keyword is a :class:`SegmentationRequest` field under its own name (``task``,
+    ``speed``, ``roi_subset``, ``statistics``, ``remove_small_blobs`` ...).
+    """
+    try:
+        segmentation = SegmentationRequest(device=ENGINE_DEVICE.get(device, device), download=not offline, **options)
+    except TypeError as err:  # a keyword that is no option
+        raise ValueError(f"Unknown segmentation option: {err}") from err
+    return JobRequest(segmentation, use_standard_names, replace_existing)
+
+
+def from_parameter_node(params: Any) -> JobRequest:
+    """The panel's parameter node (``TotalSegmentatorParameterNode``) as a job request: its one mapping."""
+    return job_request(
+        task=params.task, speed=params.speed, roi_subset=list(params.roiSubset), device=params.device,
+        robust_crop=params.robustCrop, body_seg=params.bodySeg, remove_small_blobs=params.removeSmallBlobs,
+        higher_order_resampling=params.higherOrderResampling, statistics=params.computeStatistics,
+        use_standard_names=params.useStandardSegmentNames)
