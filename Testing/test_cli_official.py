@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from model_factory import NetworkSize, write_task_models
-from totalseg_engine import __version__, imageio
+from totalseg_engine import __version__, api, imageio
 from totalseg_engine.cli import main as cli
 from totalseg_engine.cli import options as cli_options
 from totalseg_engine.core import pipeline
@@ -445,7 +445,8 @@ def body_models(tmp_path, monkeypatch):
     write_task_models(paths.weights_dir(), "body", "fast", SMALL_3MM, seed=5)
 
 
-@pytest.mark.parametrize("extra, derived", [([], True), (["-ndm"], False), (["--ml"], False)])
+@pytest.mark.parametrize("extra, derived", [([], True), (["-ndm"], False), (["--ml"], False),
+                                            (["--no-overwrite"], True)])  # wrote the class files, then refused
 def test_task_body_writes_body_and_skin(extra, derived, body_models, data_dir, tmp_path, capsys):
     source = data_dir / "example_ct_sm.nii.gz"
     out = tmp_path / ("seg.nii.gz" if "--ml" in extra else "seg")
@@ -464,3 +465,23 @@ def test_task_body_writes_body_and_skin(extra, derived, body_models, data_dir, t
     expected = body_and_skin(labels, {1: "body_trunc", 2: "body_extremities"}, nib.load(source).get_fdata())
     np.testing.assert_array_equal(masks["skin"], expected[1])
     assert nib.load(out / "skin.nii.gz").header.get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("no_derived_masks", [False, True])
+def test_the_api_writes_body_and_skin_for_task_body_as_the_official_api_does(no_derived_masks, body_models, data_dir,
+                                                                             tmp_path):
+    """The official totalsegmentator() writes body.nii.gz and skin.nii.gz beside task body's class files (its
+    nnunet.py, unless no_derived_masks); ours did not, so a script reading them broke. Same masks as the command."""
+    source = data_dir / "example_ct_sm.nii.gz"
+    api.totalsegmentator(source, tmp_path / "api", task="body", fast=True, device="cpu", download=False,
+                         no_derived_masks=no_derived_masks)
+    written = sorted(p.name for p in (tmp_path / "api").iterdir())
+    if no_derived_masks:
+        assert written == ["body_extremities.nii.gz", "body_trunc.nii.gz"]
+        return
+    assert written == ["body.nii.gz", "body_extremities.nii.gz", "body_trunc.nii.gz", "skin.nii.gz"]
+    assert cli.main(["-i", str(source), "-o", str(tmp_path / "cli"), "-ta", "body", "-f", "-d", "cpu", "-q",
+                     "--offline"]) == 0
+    for name in ("body", "skin"):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "api" / f"{name}.nii.gz").dataobj),
+                                      np.asanyarray(nib.load(tmp_path / "cli" / f"{name}.nii.gz").dataobj))

@@ -126,4 +126,6 @@ def _write_derived_masks(result: pipeline.Result, source: Source, targets: dict[
 
     folder, _ = _first_folder(targets, False)
     ct = source if isinstance(source, nib.Nifti1Image) else imageio.load_image(source)
-    write_derived_body_masks(result.image, result.label_map, ct, folder, overwrite=request.overwrite != "never")
+    # Into the class-file folder this run has just written (checked under the request's policy before any work):
+    # adding two files to it replaces nothing of the user's, whatever the policy.
+    write_derived_body_masks(result.image, result.label_map, ct, folder, overwrite=True)
