@@ -378,12 +378,20 @@ def _spread_output(net, torch) -> None:
 
 def write_task_models(results_dir: Path, task_name: str, speed: str = "normal", size: NetworkSize = TINY,
                       seed: int = 0, checkpoint_trainer: Optional[str] = None,
-                      plans_format: Optional[str] = None, network: str = "PlainConvUNet") -> list[Path]:
-    """Write every model of a task's mode, with the registry's folders, trainers and spacings."""
+                      plans_format: Optional[str] = None, network: str = "PlainConvUNet",
+                      model_size: str = "big") -> list[Path]:
+    """Write every model of a task's mode, with the registry's folders, trainers and spacings.
+
+    ``model_size`` "small": total_v3's smaller models under their own plans (``nnUNetResEncUNetLPlans_8``): a
+    residual-encoder U-Net, planned by an nnunetv2 that writes the ``architecture`` entry (the ResEnc presets came
+    with 2.4), so the plans are in the current format unless ``plans_format`` says otherwise.
+    """
     from totalseg_engine.tasks import get_task
 
     task = get_task(task_name)
-    mode = task.mode(speed)
+    mode = task.sized_mode(speed, model_size)
+    if model_size == "small":
+        network, plans_format = "ResidualEncoderUNet", plans_format or "new"
     written = []
     for i, model in enumerate(mode.models):
         labels = model.classes or task.classes

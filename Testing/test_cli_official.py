@@ -42,11 +42,11 @@ OFFICIAL_FLAGS: list[tuple[tuple[str, ...], str, Optional[tuple], str]] = [
     (("-ot", "--output_type"), "+", None, ACCEPTED),
     (("-ml", "--ml"), "0", None, ACCEPTED),
     (("-nr", "--nr_thr_resamp"), "1", None, IGNORED),
-    (("-ro", "--resampling_order"), "1", None, IGNORED),
+    (("-ro", "--resampling_order"), "1", None, ACCEPTED),
     (("-ns", "--nr_thr_saving"), "1", None, IGNORED),
     (("-f", "--fast"), "0", None, ACCEPTED),
     (("-ff", "--fastest"), "0", None, ACCEPTED),
-    (("-sl", "--save_lowres"), "0", None, REFUSED),
+    (("-sl", "--save_lowres"), "0", None, ACCEPTED),
     (("-t", "--nora_tag"), "1", None, IGNORED),
     (("-p", "--preview"), "0", None, ACCEPTED),
     (("-ta", "--task"), "1", None, ACCEPTED),
@@ -54,20 +54,20 @@ OFFICIAL_FLAGS: list[tuple[tuple[str, ...], str, Optional[tuple], str]] = [
     (("-rs", "--roi_subset"), "+", None, ACCEPTED),
     (("-rsr", "--roi_subset_robust"), "+", None, ACCEPTED),
     (("-rc", "--robust_crop"), "0", None, ACCEPTED),
-    (("--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY"), "0", None, REFUSED),
+    (("--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY"), "0", None, ACCEPTED),
     (("-ho", "--higher_order_resampling", "--high_order_resampling"), "0", None, ACCEPTED),
     (("-s", "--statistics"), "?", None, ACCEPTED),
-    (("-r", "--radiomics"), "0", None, REFUSED),
-    (("-rp", "--report"), "1", None, REFUSED),
+    (("-r", "--radiomics"), "0", None, ACCEPTED),
+    (("-rp", "--report"), "1", None, ACCEPTED),
     (("-sii", "--stats_include_incomplete"), "0", None, ACCEPTED),
     (("-sa", "--stats_aggregation"), "1", ("mean", "median"), ACCEPTED),
-    (("-sx", "--statistics_extra"), "0", None, REFUSED),
+    (("-sx", "--statistics_extra"), "0", None, ACCEPTED),
     (("-cp", "--crop_path"), "1", None, IGNORED),
     (("-bs", "--body_seg"), "0", None, ACCEPTED),
     (("-fs", "--force_split"), "0", None, ACCEPTED),
-    (("-ss", "--skip_saving"), "0", None, REFUSED),
+    (("-ss", "--skip_saving"), "0", None, ACCEPTED),
     (("-ndm", "--no_derived_masks"), "0", None, ACCEPTED),
-    (("-v1o", "--v1_order"), "0", None, REFUSED),
+    (("-v1o", "--v1_order"), "0", None, ACCEPTED),
     (("-rmb", "--remove_small_blobs"), "?", None, ACCEPTED),
     (("-d", "--device"), "1", None, ACCEPTED),
     (("-q", "--quiet"), "0", None, ACCEPTED),
@@ -81,7 +81,7 @@ OFFICIAL_FLAGS: list[tuple[tuple[str, ...], str, Optional[tuple], str]] = [
     (("--version",), "0", None, ACCEPTED),
 ]
 BY_NAME = {names[0]: (names, arity, choices, status) for names, arity, choices, status in OFFICIAL_FLAGS}
-VALUES = {"-nr": "4", "-ro": "3", "-ns": "2", "-t": "project1", "-cp": "/tmp/crop", "--test": "1", "-rp": "r.json",
+VALUES = {"-nr": "4", "-ns": "2", "-t": "project1", "-cp": "/tmp/crop", "--test": "1", "-rp": "r.json",
           "-sp": "p.pkl"}
 
 # Accepted flags whose meaning shows in the request the pipeline gets: extra argv -> expected request fields.
@@ -103,9 +103,15 @@ MEANINGS = {
     "-q": (["-q", "-v"], {}),
     "-v": (["-v"], {}),
     "-ml": (["-ml"], {}),
+    "-ro": (["-ro", "3"], {"resampling_order": 3}),
+    "-sl": (["-f", "-sl"], {"save_lowres": True, "speed": "fast"}),
+    "--higher_order_resampling_LEGACY": (["--high_order_resampling_LEGACY"], {"higher_order_resampling_legacy": True}),
+    "-sx": (["-sx"], {"statistics_extra": True}),
+    "-ss": (["-ss"], {"skip_saving": True, "statistics": False}),
+    "-v1o": (["-v1o"], {"v1_order": True}),
 }
 # Accepted flags checked by their own tests below (outputs, listings, side effects).
-CHECKED_ELSEWHERE = {"-i", "-o", "-ot", "-p", "-sa", "-ndm", "-l", "-lt", "-lc", "--version"}
+CHECKED_ELSEWHERE = {"-i", "-o", "-ot", "-p", "-sa", "-ndm", "-l", "-lt", "-lc", "--version", "-r", "-rp"}
 
 
 # ---------------------------------------------------------------- the table itself
@@ -254,10 +260,11 @@ def test_refused_flag_names_itself(names, ct, tmp_path, runs, capsys):
 
 
 def test_ss_is_skip_saving_not_statistics_twice(ct, tmp_path, runs, capsys):
-    """Regression: -ss used to parse as -s -s and silently turn statistics on."""
+    """Regression: -ss used to parse as -s -s and silently turn statistics on. With -s it writes statistics only."""
     code, err = run_cli(["-i", str(ct), "-o", str(tmp_path / "seg"), "-ss"], capsys)
-    assert code == 2 and "-ss (--skip_saving)" in err
-    assert not runs
+    assert code == 0 and runs[0].skip_saving and not runs[0].statistics, err
+    assert run_cli(["-i", str(ct), "-o", str(tmp_path / "seg"), "-ss", "-s"], capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["statistics.json"]
 
 
 def test_no_abbreviations(ct, tmp_path, runs, capsys):
@@ -265,10 +272,12 @@ def test_no_abbreviations(ct, tmp_path, runs, capsys):
     assert code == 2 and "unrecognized arguments: --statis" in err and not runs
 
 
-def test_model_size_small_only_matters_for_total_v3(ct, tmp_path, runs, capsys):
-    assert run_cli(["-i", str(ct), "-o", str(tmp_path / "s.nii.gz"), "--ml", "-ms", "small"], capsys)[0] == 0
+def test_model_size_small_is_for_total_v3_only_as_in_the_official(ct, tmp_path, runs, capsys):
+    """The official python_api.py raises "model_size='small' is currently only supported for task 'total_v3'"."""
+    code, err = run_cli(["-i", str(ct), "-o", str(tmp_path / "s.nii.gz"), "--ml", "-ms", "small"], capsys)
+    assert code == 2 and "model_size 'small' is only available for task 'total_v3'" in err and not runs
     code, err = run_cli(["-i", str(ct), "-o", str(tmp_path / "s.nii.gz"), "-ta", "total_v3", "-ms", "small"], capsys)
-    assert code == 2 and "ERROR: option -ms (--model_size) is not supported" in err
+    assert code == 0 and runs[0].model_size == "small", err
 
 
 def test_license_number_is_stored(ct, tmp_path, runs, capsys, monkeypatch):

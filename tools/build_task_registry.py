@@ -33,6 +33,11 @@ PART_TABLES = {
 # vertebrae_pp prediction with the vertebral-body model's mask (python_api.py / nnunet.py).
 REFINEMENTS = {"vertebrae_pp_refined": {"refine_with": "vertebrae_body", "refine_dilation_mm": 2.0}}
 
+# The version 1 class order (-v1o) exists for task total only: nnunet.py picks class_map["total_v1"] there.
+V1_ORDERS = {"total": "total_v1"}
+# The smaller models (-ms small) exist for task total_v3 only, under other plans (python_api.py get_task_config).
+SMALL_PLANS = {"total_v3": "nnUNetResEncUNetLPlans_8"}
+
 MODE_NAMES = {"default": "normal", "fast": "fast", "fastest": "fastest"}
 
 
@@ -94,6 +99,9 @@ def convert(ref: dict) -> dict:
             "info": (raw.get("info_msg") or "").strip() or None,
             "refine_with": None,
             "refine_dilation_mm": None,
+            "v1_classes": ({str(k): v for k, v in ref["class_map"][V1_ORDERS[name]].items()}
+                           if name in V1_ORDERS else None),
+            "small_plans": SMALL_PLANS.get(name),
             **REFINEMENTS.get(name, {}),
         }
         tasks[name] = task

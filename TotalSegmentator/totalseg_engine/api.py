@@ -36,16 +36,7 @@ mask folder (unused by its API), console chatter, its test and debug modes, and 
 (each released model has exactly one)."""
 
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "radiomics": (False, "radiomics features are not computed"),
-    "v1_order": (False, "only the current (v2) class order is available"),
-    "statistics_normalized_intensities": (False, "only raw intensities are reported in the statistics"),
-    "higher_order_resampling_LEGACY": (False, "use higher_order_resampling=True instead"),
     "save_probabilities": (None, "class probabilities are not saved"),
-    "report": (None, "no run report is written"),
-    "statistics_extra": (False, "only volume and intensity are reported in the statistics"),
-    "save_lowres": (False, "outputs are always on the input's grid"),
-    "resampling_order": (1, "the resampling is always linear (order 1), as the official default"),
-    "model_size": ("big", "only the released full-size models are available"),
 }
 """Official keyword -> (official default, why any other value cannot be honoured)."""
 
@@ -88,12 +79,9 @@ def totalsegmentator(
     "torch" (labels identical to the official tool's), "onnxruntime" or "openvino" (faster forward passes, not
     bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
     """
-    check_unsupported({
-        "radiomics": radiomics, "v1_order": v1_order,
-        "statistics_normalized_intensities": statistics_normalized_intensities,
-        "higher_order_resampling_LEGACY": higher_order_resampling_LEGACY, "save_probabilities": save_probabilities,
-        "report": report, "statistics_extra": statistics_extra, "save_lowres": save_lowres,
-        "resampling_order": resampling_order, "model_size": model_size})
+    check_unsupported({"save_probabilities": save_probabilities})
+    if radiomics and output is None:
+        raise InvalidOptionError("Output path is required for radiomics.")
     if roi_subset_robust is not None:  # a roi_subset cropped with the 3 mm model
         roi_subset, robust_crop = roi_subset_robust, True
     request = SegmentationRequest(
@@ -101,13 +89,18 @@ def totalsegmentator(
         robust_crop=robust_crop, body_seg=body_seg, force_split=force_split, remove_small_blobs=remove_small_blobs,
         higher_order_resampling=higher_order_resampling, statistics=bool(statistics),
         stats_include_incomplete=stats_include_incomplete or not statistics_exclude_masks_at_border,
-        stats_aggregation=stats_aggregation, device=device, runtime=runtime, download=download,
-        license_number=license_number, output_types=_output_types(output_type), multilabel=ml, preview=preview,
-        derived_masks=not no_derived_masks, overwrite="always" if overwrite else "never")
+        stats_aggregation=stats_aggregation, statistics_extra=statistics_extra,
+        statistics_normalized_intensities=statistics_normalized_intensities, radiomics=radiomics, device=device,
+        runtime=runtime, download=download, license_number=license_number, model_size=model_size,
+        higher_order_resampling_legacy=higher_order_resampling_LEGACY, resampling_order=resampling_order,
+        output_types=_output_types(output_type), multilabel=ml, save_lowres=save_lowres, skip_saving=skip_saving,
+        v1_order=v1_order,
+        preview=preview, derived_masks=not no_derived_masks, overwrite="always" if overwrite else "never")
     output = None if output is None else Path(output).expanduser().absolute()
     stats_path = statistics_file(statistics, output, ml, request.output_types)
-    case = segment_to_files(input, None if skip_saving else output, request, statistics_path=stats_path,
-                            progress=progress, should_cancel=should_cancel, runner_factory=runner_factory)
+    case = segment_to_files(input, output, request, statistics_path=stats_path,
+                            report_path=report, progress=progress, should_cancel=should_cancel,
+                            runner_factory=runner_factory)
     image = labelled_image(case.result)
     return (image, case.result.statistics or {}) if statistics else image
 

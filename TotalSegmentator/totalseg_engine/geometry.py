@@ -85,6 +85,47 @@ def resample_labels_to_shape(labels: np.ndarray, shape: Sequence[int]) -> np.nda
     return out
 
 
+def resample_labels_one_hot(labels: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """The official legacy upsampling of a label map (``--higher_order_resampling_LEGACY``): each label's mask,
+    cropped to its box with a margin, is interpolated with a spline of ``order`` on the resized grid's voxel
+    centres and kept where it reaches 0.5; a later (higher) label wins where two do."""
+    old = np.asarray(labels.shape)
+    new = np.asarray(shape, dtype=int)
+    out = np.zeros(tuple(new), dtype=labels.dtype)
+    margin = max(2, order + 1)
+    for label in (value for value in np.unique(labels) if value != 0):
+        placed = _resampled_label(labels, label, old, new, margin, order)
+        if placed is not None:
+            target, mask = placed
+            out[target][mask] = label
+    return out
+
+
+def _resampled_label(labels: np.ndarray, label: int, old: np.ndarray, new: np.ndarray, margin: int,
+                     order: int) -> Optional[tuple[tuple[slice, ...], np.ndarray]]:
+    """One label of :func:`resample_labels_one_hot`: where it lands on the new grid, and its mask there."""
+    where = np.nonzero(labels == label)
+    low = np.maximum(np.array([axis.min() for axis in where]) - margin, 0)
+    high = np.minimum(np.array([axis.max() + 1 for axis in where]) + margin, old)
+    crop = (labels[tuple(slice(a, b) for a, b in zip(low, high))] == label).astype(np.float32)
+    scale = new / old
+    start = np.maximum(np.floor(low * scale).astype(int), 0)
+    stop = np.minimum(np.ceil(high * scale).astype(int), new)
+    if np.any(stop - start <= 0):
+        return None
+    # voxel centres of the new grid, in voxels of the cropped old grid
+    axes = [(np.arange(a, b) + 0.5) * o / n - 0.5 - c for a, b, o, n, c in zip(start, stop, old, new, low)]
+    values = ndimage.map_coordinates(crop, np.array(np.meshgrid(*axes, indexing="ij")), order=order, mode="nearest")
+    return tuple(slice(a, b) for a, b in zip(start, stop)), values >= 0.5
+
+
+def reoriented_like(img: nib.Nifti1Image, original: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A canonical (RAS) image turned back to the axis orientation of ``original``, on its own grid (voxel size
+    and extent kept, affine adjusted): how ``--save_lowres`` keeps the model's grid in the input's orientation."""
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(original.affine))
+    return img.as_reoriented(back)
+
+
 def bbox_of_mask(mask: np.ndarray, margin_voxels: Sequence[int]) -> Optional[BBox]:
     """Bounding box of the nonzero voxels, grown by a margin and clipped; None for an empty mask."""
     coords = np.nonzero(mask)

@@ -25,6 +25,8 @@ OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
 RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "torch_compile", "nnunet")
 STATISTIC_AGGREGATIONS = ("mean", "median")
 MODEL_SIZES = ("big", "small")
+SMALL_MODEL_TASK = "total_v3"  # the only task released in both sizes (official python_api.py)
+RESAMPLING_ORDERS = (0, 1, 2, 3, 4, 5)
 OVERWRITE_POLICIES = ("outputs", "always", "never")
 """outputs: replace earlier segmentation outputs, keep any other file (the command line's default); always: replace
 whatever is there (``--overwrite``); never: refuse any existing output (``--no-overwrite``)."""
@@ -116,6 +118,11 @@ class SegmentationRequest:
     higher_order_resampling: bool = option(
         False, "-ho", "--higher_order_resampling", "--high_order_resampling",
         help="Let nnU-Net resample (higher order) instead of linear resampling to the task spacing.")
+    higher_order_resampling_legacy: bool = option(
+        False, "--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY",
+        help="The official legacy upsampling of the segmentation: each label's mask linearly (order 1) in its box.")
+    resampling_order: int = option(1, "-ro", "--resampling_order", kind="value", type=int, choices=RESAMPLING_ORDERS,
+                                   help="Spline order of the input's resampling to the task spacing (default 1).")
     statistics: bool = option(False, "-s", "--statistics", kind="optional", const=True, metavar="filepath",
                               help="Write statistics.json (volume, intensity) beside the output, or to filepath if "
                                    "given.")
@@ -124,6 +131,15 @@ class SegmentationRequest:
     stats_aggregation: str = option("mean", "-sa", "--stats_aggregation", kind="value",
                                     choices=STATISTIC_AGGREGATIONS,
                                     help="How statistics aggregate intensities (default mean).")
+    statistics_extra: bool = option(False, "-sx", "--statistics_extra",
+                                    help="Also n_voxels, intensity std/min/max, centroid_vox and bbox_vox per class in "
+                                         "statistics.json (not with --fast, as in the official).")
+    statistics_normalized_intensities: bool = option(
+        False, "--statistics_normalized_intensities",
+        help="Statistics of the intensities scaled to 0..1 by the image's minimum and maximum.")
+    radiomics: bool = option(False, "-r", "--radiomics",
+                             help="Also statistics_radiomics.json: pyradiomics shape and first-order features per "
+                                  "class (needs the radiomics extra; class-file output of a NIfTI or NRRD input).")
     device: str = option("gpu", "-d", "--device", kind="value",
                          help="gpu, gpu:N, cpu, mps or auto (default gpu, the CPU if there is none).")
     runtime: str = option("auto", "--runtime", kind="value", choices=RUNTIMES,
@@ -136,13 +152,20 @@ class SegmentationRequest:
     license_number: Optional[str] = option(None, "-l", "--license_number", kind="value", metavar="key",
                                            help="Licence key for licensed tasks (stored for later runs).")
     model_size: str = option("big", "-ms", "--model_size", kind="value", choices=MODEL_SIZES,
-                             help="Only 'big' (the default) is available; it concerns task total_v3 only.")
+                             help="big (default) or small: task total_v3's smaller models (ResEnc L, 8 GB plans).")
     output_types: tuple[str, ...] = option(
         ("nifti",), "-ot", "--output_type", kind="values", metavar="type",
         help="nifti (default), seg_nrrd (a Slicer .seg.nrrd file with names and colours), or for DICOM input "
              "dicom_seg (DICOM SEG) or dicom_rtstruct (alias dicom; RT Structure Set), -o a .dcm file. Several "
              "(-ot nifti dicom_seg or nifti,dicom_seg) are written side by side.")
     multilabel: bool = option(False, "-ml", "--ml", help="Write one multilabel NIfTI file instead of a folder.")
+    save_lowres: bool = option(False, "-sl", "--save_lowres",
+                               help="With --fast or --fastest: write the segmentation on the model's grid (3 or 6 mm) "
+                                    "instead of the input's.")
+    skip_saving: bool = option(False, "-ss", "--skip_saving",
+                               help="Write no segmentation (with -s: only the statistics).")
+    v1_order: bool = option(False, "-v1o", "--v1_order",
+                            help="Task total: label values and table in TotalSegmentator version 1's order.")
     preview: bool = option(False, "-p", "--preview", help="Also write preview_<task>.png beside the output.")
     derived_masks: bool = option(True, "-ndm", "--no_derived_masks", negated=True,
                                  help="Do not write the derived masks (body.nii.gz and skin.nii.gz of task body).")
@@ -152,6 +175,20 @@ class SegmentationRequest:
                                  "output; --no-overwrite: refuse to replace an existing output.")
 
     def __post_init__(self) -> None:
+        self._check_values()
+        self._check_combinations()
+
+    @classmethod
+    def check_value(cls, name: str, value: Any) -> None:
+        """Check one field's value on its own (the combinations are checked when a request is made): how a parser
+        names the flag of a bad value."""
+        probe = object.__new__(cls)
+        for item in dataclasses.fields(cls):
+            object.__setattr__(probe, item.name, value if item.name == name else item.default)
+        probe._check_values()
+
+    def _check_values(self) -> None:
+        """Normalise each field (lists to tuples, True to the default blob size) and refuse an unknown value."""
         self._set("roi_subset", _names(self.roi_subset, "roi_subset"))
         self._set("output_types", _output_types(self.output_types))
         self._set("remove_small_blobs", _positive_mm3(self.remove_small_blobs))
@@ -160,9 +197,20 @@ class SegmentationRequest:
             if getattr(self, name) not in allowed:
                 raise InvalidOptionError(f"Unknown {name} {getattr(self, name)!r}; expected one of "
                                          f"{', '.join(allowed)}.")
-        if self.model_size == "small" and self.task == "total_v3":
-            raise InvalidOptionError("option -ms (--model_size) is not supported by this implementation: only the "
-                                     "big total_v3 model is available.")
+        if self.resampling_order not in RESAMPLING_ORDERS:
+            raise InvalidOptionError(f"resampling_order must be between 0 and 5, got {self.resampling_order!r}.")
+
+    def _check_combinations(self) -> None:
+        """Combinations the official refuses before any work (its python_api.py), refused the same way here."""
+        if self.model_size == "small" and self.task != SMALL_MODEL_TASK:
+            raise InvalidOptionError(f"model_size 'small' is only available for task '{SMALL_MODEL_TASK}', not "
+                                     f"'{self.task}'.")
+        if self.save_lowres and self.speed == "normal":
+            raise InvalidOptionError("save_lowres only works together with fast or fastest mode.")
+        if self.save_lowres and any(kind.startswith("dicom") for kind in self.output_types):
+            raise InvalidOptionError("save_lowres writes NIfTI or .seg.nrrd outputs only, not DICOM ones.")
+        if self.radiomics and self.multilabel:
+            raise InvalidOptionError("radiomics needs the class-file output; run without --ml.")
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen instance while it is being created
@@ -260,13 +308,15 @@ def _matches(value: Any, kind: Any) -> bool:
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
 
 
 def _type_name(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         return "a list of strings"
-    return {bool: "true or false", str: "a string", float: "a number"}[kind]
+    return {bool: "true or false", str: "a string", float: "a number", int: "a whole number"}[kind]
 
 
 def json_type(value: Any) -> str:

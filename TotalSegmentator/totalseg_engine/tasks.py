@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Optional
@@ -66,6 +66,8 @@ class Task:
     refine_with: Optional[str] = None
     refine_dilation_mm: Optional[float] = None
     auxiliary_labels: frozenset[int] = field(default_factory=frozenset)
+    v1_classes: Optional[dict[int, str]] = None  # the version 1 class order (-v1o), where the task has one
+    small_plans: Optional[str] = None  # the plans of the smaller models (-ms small), where the task has them
 
     @property
     def speeds(self) -> tuple[str, ...]:
@@ -101,6 +103,15 @@ class Task:
         if speed == "fast" and not self.fast_allowed:  # the official ignores --fastest here
             raise UnknownTaskError(f"Task '{self.name}' has no fast mode; run it without --fast.")
         return self.modes["normal"]
+
+    def sized_mode(self, speed: str = "normal", model_size: str = "big") -> Mode:
+        """:meth:`mode`, with the smaller models' plans for ``model_size`` "small" (only where the task has them)."""
+        mode = self.mode(speed)
+        if model_size == "big":
+            return mode
+        if self.small_plans is None:
+            raise UnknownTaskError(f"Task '{self.name}' has no small models; run it without --model_size small.")
+        return replace(mode, models=tuple(replace(model, plans=self.small_plans) for model in mode.models))
 
     def check_classes(self, names: Iterable[str]) -> list[str]:
         """Validate class names against this task; returns them as a list."""
@@ -172,6 +183,8 @@ def _task(data: dict, name: str, raw: dict) -> Task:
         refine_with=raw["refine_with"],
         refine_dilation_mm=raw["refine_dilation_mm"],
         auxiliary_labels=frozenset(int(k) for k in aux),
+        v1_classes=_int_keys(raw["v1_classes"]) if raw.get("v1_classes") else None,
+        small_plans=raw.get("small_plans"),
     )
 
 

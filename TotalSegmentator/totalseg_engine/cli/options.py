@@ -44,20 +44,10 @@ class ForeignFlag:
         return "foreign_" + self.names[-1].lstrip("-").replace("-", "_")
 
 
-def resampling_order(text: str) -> int:
-    """The official -ro range check, so a script passing a bad order still fails as it did."""
-    value = int(text)
-    if not 0 <= value <= 5:
-        raise argparse.ArgumentTypeError("resampling order must be between 0 and 5")
-    return value
-
-
 # Flags without effect on the result here; their values are consumed and they are named once on stderr.
 IGNORED = (
     ForeignFlag(("-nr", "--nr_thr_resamp"), "resampling runs in memory in one pass", True, int),
     ForeignFlag(("-ns", "--nr_thr_saving"), "outputs are written in one pass", True, int),
-    ForeignFlag(("-ro", "--resampling_order"), "input resampling is linear as in the official default",
-                True, resampling_order),
     ForeignFlag(("-t", "--nora_tag"), "there is no Nora integration", True),
     ForeignFlag(("-cp", "--crop_path"), "crop masks are computed in memory, never read from disk", True),
     ForeignFlag(("--debug",), "-v already shows tracebacks"),
@@ -66,14 +56,6 @@ IGNORED = (
 
 # Flags whose result this engine cannot produce: the run stops before any work.
 REFUSED = (
-    ForeignFlag(("-sl", "--save_lowres"), "outputs are always on the input grid"),
-    ForeignFlag(("-r", "--radiomics"), "radiomics features (pyradiomics) are not computed"),
-    ForeignFlag(("-rp", "--report"), "no JSON run report is written", True),
-    ForeignFlag(("-sx", "--statistics_extra"), "statistics hold volume and intensity only"),
-    ForeignFlag(("-ss", "--skip_saving"), "the segmentation is always written"),
-    ForeignFlag(("-v1o", "--v1_order"), "classes keep the version 2 order"),
-    ForeignFlag(("--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY"),
-                "the legacy spline upsampling of the masks is not implemented; -ho is"),
     ForeignFlag(("-sp", "--save_probabilities"), "class probabilities are not saved", True),
 )
 
@@ -114,15 +96,22 @@ def ignored_notice(flags: Sequence[ForeignFlag]) -> Optional[str]:
     return f"Note: ignoring options without effect in this implementation: {parts}."
 
 
+def absolute_path(text: str) -> Path:
+    """A path argument made absolute where it is given, as the official parser makes -i, -o and -rp."""
+    return Path(text).expanduser().absolute()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="TotalSegmentator", allow_abbrev=False,
                                 description="Segment anatomical structures in CT and MR images (TotalSegmentator "
                                             "models on nnU-Net v2).")
-    p.add_argument("-i", dest="input", metavar="filepath", type=Path,
+    p.add_argument("-i", dest="input", metavar="filepath", type=absolute_path,
                    help="Input image: NIfTI, NRRD, a folder of DICOM slices or a zip of them.")
-    p.add_argument("-o", dest="output", metavar="directory", type=Path,
+    p.add_argument("-o", dest="output", metavar="directory", type=absolute_path,
                    help="Output folder (one mask per class), or the output file with --ml or another -ot.")
     add_request_arguments(p)
+    p.add_argument("-rp", "--report", metavar="filepath", type=absolute_path,
+                   help="Write a JSON run report (versions, device, task, classes, runtime, output files) here.")
     p.add_argument("--progress-json", action="store_true",
                    help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
     p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
@@ -192,7 +181,7 @@ def request_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     for item in request_fields():  # one field at a time first, so that the message names its flag
         if item.name in values:
             try:
-                SegmentationRequest(**{item.name: values[item.name]})
+                SegmentationRequest.check_value(item.name, values[item.name])
             except InvalidOptionError as err:
                 parser.error(f"argument {'/'.join(item.metadata['flag'].names)}: {err}")
     try:

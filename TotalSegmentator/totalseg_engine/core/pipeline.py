@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import geometry, imageio
-from ..errors import CancelledError, UnknownTaskError
+from ..errors import CancelledError, InvalidOptionError, UnknownTaskError
 from ..inference.prediction import tile_reporter  # no torch at import: models are loaded lazily
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from ..request import SegmentationRequest
@@ -77,11 +77,13 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Extras:
-    """SegmentationRequest that apply to the task's own model only; crop, body and refinement models run plain."""
+    """Options of the request that apply to the task's own model only; crop, body and refinement models run plain."""
 
     higher_order_resampling: bool = False
     force_split: bool = False
     blobs_mm3: Optional[float] = None
+    legacy_upsampling: bool = False  # --higher_order_resampling_LEGACY: each label's mask interpolated linearly
+    keep_lowres: bool = False  # --save_lowres: the labels stay on the model's grid
 
 
 PLAIN = _Extras()
@@ -89,7 +91,7 @@ PLAIN = _Extras()
 
 @dataclass
 class _Prediction:
-    labels: np.ndarray  # on the original grid
+    labels: Optional[np.ndarray]  # on the original grid (None when the labels stay on the model's grid)
     lowres_labels: Optional[np.ndarray] = None  # on the working grid (for --fast statistics)
     lowres_image: Optional[nib.Nifti1Image] = None
 
@@ -117,8 +119,9 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
     """
     request = request or SegmentationRequest()
     task = get_task(request.task)
-    mode = task.mode(request.speed)
+    mode = task.sized_mode(request.speed, request.model_size)
     roi = _check_roi_subset(task, request.roi_subset)
+    keep_lowres = _keeps_lowres(task, request)
     progress(ProgressEvent(stage="read", message="Reading image"))
     original = _load(image)
     notes = _notes(task, request)
@@ -133,16 +136,31 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
     crop = _crop_for(run, task, working, roi)
     label_map = _output_label_map(task, roi)
     refine_mask = _refine_mask(run, task, working)
-    main = _Extras(request.higher_order_resampling, request.force_split, request.remove_small_blobs)
+    main = _Extras(request.higher_order_resampling, request.force_split, request.remove_small_blobs,
+                   request.higher_order_resampling_legacy, keep_lowres)
     prediction = _predict_task(run, task, mode, working, crop, roi, main)
-    labels = prediction.labels
+    grid = geometry.reoriented_like(prediction.lowres_image, original) if keep_lowres else original
+    labels = np.asanyarray(geometry.reoriented_like(
+        nib.Nifti1Image(prediction.lowres_labels, prediction.lowres_image.affine), original).dataobj) \
+        if keep_lowres else prediction.labels
     if refine_mask is not None:
         labels = postprocessing.refine_vertebrae_pp(labels, refine_mask, list(label_map),
                                                     geometry.header_spacing(original), task.refine_dilation_mm)
-    labels = _finish_labels(labels, task, label_map, crop, geometry.header_spacing(original))
-    stats = _statistics(run, prediction, labels, original, roi) if request.statistics else None
+    labels = _finish_labels(labels, task, label_map, crop, geometry.header_spacing(grid))
+    stats = _statistics(run, prediction, labels, grid, roi) if request.statistics else None
     run.emit("done", "Segmentation finished", fraction=1.0)
-    return Result(labels_image(labels, original), label_map, stats, notes)
+    return Result(labels_image(labels, grid), label_map, stats, notes)
+
+
+def _keeps_lowres(task: Task, request: SegmentationRequest) -> bool:
+    """Whether the labels stay on the model's grid (``save_lowres``), refused where the official refuses it: with
+    a crop of any kind or a second model (crop tasks, roi_subset, body_seg, cascades, refinement)."""
+    if not request.save_lowres or request.higher_order_resampling:  # -ho never resamples: nothing to keep
+        return False
+    if task.crop or task.crop_model or task.refine_with or request.roi_subset or request.body_seg:
+        raise InvalidOptionError("save_lowres is not supported together with cropping, roi_subset, body_seg, "
+                                 f"or a cascade (task '{task.name}').")
+    return True
 
 
 def labels_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -189,7 +207,8 @@ def _output_label_map(task: Task, roi: Optional[list[str]]) -> dict[int, str]:
 def required_models(request: SegmentationRequest) -> list[ModelSpec]:
     """Every model a run of this request loads (unknown tasks or classes raise)."""
     task = get_task(request.task)
-    return _required_models(task, task.mode(request.speed), request, _check_roi_subset(task, request.roi_subset))
+    return _required_models(task, task.sized_mode(request.speed, request.model_size), request,
+                            _check_roi_subset(task, request.roi_subset))
 
 
 def _required_models(task: Task, mode: Mode, request: SegmentationRequest, roi: Optional[list[str]]) -> list[ModelSpec]:
@@ -295,18 +314,32 @@ def _predict_task(run: _Run, task: Task, mode: Mode, working: nib.Nifti1Image, c
     canonical = geometry.to_canonical(region)
     spacing = None if extras.higher_order_resampling else mode.spacing
     run.emit("resample", f"Resampling to {spacing} mm" if spacing else "Preparing image")
-    model_input = geometry.resample_image(canonical, spacing) if spacing else canonical
+    model_input = geometry.resample_image(canonical, spacing, order=run.request.resampling_order) if spacing \
+        else canonical
     labels = _run_models(run, task, mode, model_input, roi, extras.force_split)
     run.check_cancel()
     run.emit("postprocess", "Postprocessing")
     labels = postprocessing.postprocess(labels, task.name, geometry.header_spacing(model_input), extras.blobs_mm3)
     lowres = labels
+    if extras.keep_lowres:
+        return _Prediction(None, lowres, model_input)
     if spacing:
-        labels = geometry.resample_labels_to_shape(labels, canonical.shape)
+        labels = _upsampled(labels, canonical.shape, task, roi, extras.legacy_upsampling)
     labels = geometry.from_canonical(labels, canonical.affine, region.affine)
     if box is not None:
         labels = geometry.uncrop(labels, shape, box)
     return _Prediction(labels.astype(np.uint8, copy=False), lowres, model_input)
+
+
+def _upsampled(labels: np.ndarray, shape: Sequence[int], task: Task, roi: Optional[list[str]],
+               legacy: bool) -> np.ndarray:
+    """The labels back on the input's voxel size: nearest neighbour, or the official legacy one-hot upsampling
+    (which, as there, first drops the classes a roi_subset leaves out)."""
+    if not legacy:
+        return geometry.resample_labels_to_shape(labels, shape)
+    if roi is not None:
+        labels = labels * np.isin(labels, [task.label_of(name) for name in roi]).astype(np.uint8)
+    return geometry.resample_labels_one_hot(labels, shape, order=1)
 
 
 def _run_models(run: _Run, task: Task, mode: Mode, model_input: nib.Nifti1Image,
@@ -367,14 +400,20 @@ def _finish_labels(labels: np.ndarray, task: Task, label_map: dict[int, str], cr
 
 def _statistics(run: _Run, prediction: _Prediction, labels: np.ndarray, original: nib.Nifti1Image,
                 roi: Optional[list[str]]) -> dict:
-    """Volumes and mean intensities; --fast runs compute them on the working grid, as the official does."""
+    """Volumes and mean intensities; --fast runs compute them on the working grid, as the official does.
+
+    There the official computes them without the extra metrics (its nnunet.py does not pass them on), so
+    ``statistics_extra`` adds them to every run but a --fast one, as there.
+    """
     from . import statistics
 
     run.emit("statistics", "Computing statistics")
-    task = get_task(run.request.task)
-    on_working_grid = run.request.speed == "fast" and prediction.lowres_image is not None
+    request = run.request
+    task = get_task(request.task)
+    on_working_grid = request.speed == "fast" and prediction.lowres_image is not None
     seg, image = (prediction.lowres_labels, prediction.lowres_image) if on_working_grid else (labels, original)
     return statistics.compute_statistics(
         seg, image.get_fdata(), geometry.header_spacing(image), dict(task.classes),
-        exclude_masks_at_border=not run.request.stats_include_incomplete, roi_subset=roi,
-        metric=run.request.stats_aggregation)
+        exclude_masks_at_border=not request.stats_include_incomplete, roi_subset=roi,
+        metric=request.stats_aggregation, extra=request.statistics_extra and not on_working_grid,
+        normalized=request.statistics_normalized_intensities)

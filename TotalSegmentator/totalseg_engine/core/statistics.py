@@ -6,15 +6,20 @@ decimals, and classes that reach into the three outermost slices on any side cou
 incomplete and report 0.0 unless ``exclude_masks_at_border`` is off; empty classes report 0.0 as
 well. Unlike the official per-class full-volume masks, every label is counted in one chunked
 ``np.bincount`` pass and the border check looks at the six border slabs only.
+
+``extra`` adds the official ``--statistics_extra`` metrics (n_voxels, intensity_std/min/max, centroid_vox and
+bbox_vox in voxel indices, inclusive); ``normalized`` scales the int16 intensities to 0..1 by the image's minimum
+and maximum first (``statistics_normalized_intensities``), with the official's int16 arithmetic.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InvalidInputError
 from ..imageio import atomic_output
@@ -26,7 +31,10 @@ BORDER_SLICES = 3
 METRICS = ("mean", "median")
 _CHUNK_VOXELS = 1 << 24
 
-Stats = dict[str, dict[str, float]]
+Stats = dict[str, dict[str, Any]]
+EMPTY_EXTRA = {"n_voxels": 0, "intensity_std": 0.0, "intensity_min": 0.0, "intensity_max": 0.0, "centroid_vox": None,
+               "bbox_vox": None}
+"""The extra metrics of a structure that is empty or cut off, as the official reports them."""
 
 
 def _label_array(seg: np.ndarray) -> np.ndarray:
@@ -54,21 +62,35 @@ def _counts_and_sums(seg: np.ndarray, image: np.ndarray, size: int) -> tuple[np.
     return counts, sums
 
 
-def _medians(seg: np.ndarray, image: np.ndarray, labels: Iterable[int]) -> dict[int, float]:
-    """Median intensity of each wanted label, from one sort of the foreground voxels."""
+def _groups(seg: np.ndarray, labels: Iterable[int]) -> dict[int, np.ndarray]:
+    """The flat indices of each wanted label's voxels in C order, from one stable sort of the foreground (the same
+    voxels, in the same order, as the official's per-class ``image[seg == label]``)."""
     wanted = np.zeros(int(seg.max(initial=0)) + 1, dtype=bool)
     wanted[[label for label in labels if label < len(wanted)]] = True
-    inside = wanted[seg]
-    voxel_labels, values = seg[inside], image[inside]
-    order = np.argsort(voxel_labels, kind="stable")
-    voxel_labels, values = voxel_labels[order], values[order]
-    starts = np.searchsorted(voxel_labels, np.flatnonzero(wanted), side="left")
-    stops = np.searchsorted(voxel_labels, np.flatnonzero(wanted), side="right")
-    return {
-        int(label): float(np.median(values[a:b]))
-        for label, a, b in zip(np.flatnonzero(wanted), starts, stops)
-        if b > a
-    }
+    flat = seg.ravel()
+    inside = np.flatnonzero(wanted[flat])
+    order = np.argsort(flat[inside], kind="stable")
+    inside = inside[order]
+    sorted_labels = flat[inside]
+    starts = np.searchsorted(sorted_labels, np.flatnonzero(wanted), side="left")
+    stops = np.searchsorted(sorted_labels, np.flatnonzero(wanted), side="right")
+    return {int(label): inside[a:b] for label, a, b in zip(np.flatnonzero(wanted), starts, stops) if b > a}
+
+
+def _medians(image: np.ndarray, groups: Mapping[int, np.ndarray]) -> dict[int, float]:
+    values = image.ravel()
+    return {label: float(np.median(values[index])) for label, index in groups.items()}
+
+
+def _extra_metrics(image: np.ndarray, shape: Sequence[int], index: np.ndarray, box: tuple) -> dict[str, Any]:
+    """The official ``statistics_extra`` of one structure: its voxel count, the spread of its intensities, its
+    centroid (voxel indices, 2 decimals) and bounding box (inclusive voxel indices)."""
+    values = image.ravel()[index]
+    coordinates = np.unravel_index(index, shape)
+    return {"n_voxels": int(index.size), "intensity_std": float(np.std(values).round(5)),
+            "intensity_min": float(values.min()), "intensity_max": float(values.max()),
+            "centroid_vox": [round(float(axis.mean()), 2) for axis in coordinates],
+            "bbox_vox": [[int(part.start), int(part.stop - 1)] for part in box]}
 
 
 def border_labels(seg: np.ndarray, size: int, depth: int = BORDER_SLICES) -> np.ndarray:
@@ -99,8 +121,10 @@ def compute_statistics(
     exclude_masks_at_border: bool = True,
     roi_subset: Optional[Iterable[str]] = None,
     metric: str = "mean",
+    extra: bool = False,
+    normalized: bool = False,
 ) -> Stats:
-    """``{class name: {"volume": mm³, "intensity": mean or median}}`` for every class of the map.
+    """``{class name: {"volume": mm³, "intensity": mean or median, ...}}`` for every class of the map.
 
     ``seg`` and ``image`` share one grid with ``spacing_xyz``. The official computes these at the
     grid of the prediction with ``--fast`` (3 mm) and at the input grid otherwise.
@@ -115,19 +139,26 @@ def compute_statistics(
     if seg.size and seg.min() < 0:
         raise InvalidInputError("Segmentation labels must not be negative.")
     ct = np.asarray(image).astype(np.int16, copy=False)
+    if normalized:  # the official's expression, int16 arithmetic included
+        ct = (ct - ct.min()) / (ct.max() - ct.min())
     classes = _selected(class_map, roi_subset)
     size = max([*classes, 0]) + 1
     counts, sums = _counts_and_sums(seg, ct, size)
     incomplete = border_labels(seg, size) if exclude_masks_at_border else np.zeros(size, dtype=bool)
-    medians = _medians(seg, ct, classes) if metric == "median" else {}
+    reported = [label for label in classes if not incomplete[label] and counts[label]]
+    groups = _groups(seg, reported) if metric == "median" or extra else {}
+    medians = _medians(ct, groups) if metric == "median" else {}
+    boxes = ndimage.find_objects(seg, max_label=size - 1) if extra else []
     vox = float(voxel_volume(spacing_xyz))
     stats: Stats = {}
     for label, name in classes.items():
-        if incomplete[label] or counts[label] == 0:
-            stats[name] = {"volume": 0.0, "intensity": 0.0}
+        if label not in reported:
+            stats[name] = {"volume": 0.0, "intensity": 0.0, **(EMPTY_EXTRA if extra else {})}
             continue
         value = medians[label] if metric == "median" else sums[label] / counts[label]
         stats[name] = {"volume": float(counts[label]) * vox, "intensity": float(np.round(value, 5))}
+        if extra:
+            stats[name].update(_extra_metrics(ct, seg.shape, groups[label], boxes[label - 1]))
     return stats
 
 
