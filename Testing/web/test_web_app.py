@@ -226,9 +226,8 @@ def test_the_upload_limit_holds_for_a_client_that_ignores_the_page(server, brows
     body = b"\0" * ((MAX_UPLOAD_MB + 2) * 2**20)
     answer = page.request.post(session_url + "upload", multipart={
         "file": {"name": "huge.nii", "mimeType": "application/octet-stream", "buffer": body}}, timeout=120_000)
-    assert "limit" in answer.json()["error"]
-    session = Path(server["work"]).glob("*/sessions/*/uploads/huge.nii")
-    assert not list(session)
+    assert answer.status == 413 and "limit" in answer.json()["error"]
+    assert not list(Path(server["work"]).rglob("huge.nii"))
     page.context.close()
 
 
@@ -271,10 +270,13 @@ def test_two_sessions_queue_their_runs_and_cancel_leaves_nothing_running(browser
 
 def test_a_closed_session_is_removed_with_its_files(browser, server, data_dir):
     page = new_page(browser, server)
-    open_image(page, data_dir / "example_ct_sm.nii.gz")
+    name = "closed-session.nii.gz"  # a name no other test uploads: it finds this session's folder
+    page.set_input_files('[data-testid="upload"]', files=[{
+        "name": name, "mimeType": "application/gzip", "buffer": (data_dir / "example_ct_sm.nii.gz").read_bytes()}])
+    page.wait_for_selector(f'[data-testid="input-name"]:has-text("{name}")', timeout=120_000)
     sid = page.url.split("/s/")[1].split("/")[0]
-    folder = next(Path(server["work"]).glob(f"*/sessions/{sid}"))
-    assert any(folder.rglob("example_ct_sm.nii.gz"))
+    folder = next(Path(server["work"]).glob(f"*/sessions/*/uploads/*/{name}")).parents[2]
+    assert sid not in str(folder)  # the folder is named apart from the session's address (command lines show it)
     page.context.close()
     deadline = time.monotonic() + 60  # --session-timeout 5 in this server
     while folder.exists() and time.monotonic() < deadline:
@@ -332,5 +334,21 @@ def test_a_non_local_host_gets_a_token_unless_told_loudly_otherwise():
     assert launcher.access_token(open_server) is None
     assert "WARNING" in launcher.banner(open_server, None, 8080) and "OPEN" in launcher.banner(open_server, None, 8080)
     assert launcher.is_loopback("::1") and launcher.is_loopback("localhost") and not launcher.is_loopback("0.0.0.0")
+    assert launcher.is_loopback("127.0.0.2")  # all of 127.0.0.0/8 stays on this machine (README: the localhost rule)
     with pytest.raises(SystemExit):
         launcher.check_options(parser, parser.parse_args(["--token", "a", "--no-token"]))
+
+
+def test_the_token_comes_from_the_environment_or_a_file_and_no_child_inherits_it(tmp_path, monkeypatch):
+    from totalseg_web import launcher
+
+    parser = launcher.build_parser()
+    monkeypatch.setenv("TOTALSEG_WEB_TOKEN", "from-environment")
+    assert launcher.access_token(parser.parse_args([])) == "from-environment"
+    assert "TOTALSEG_WEB_TOKEN" not in os.environ  # sessions and engines are started without it
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert launcher.access_token(parser.parse_args(["--token-file", str(token_file)])) == "from-file"
+    monkeypatch.setenv("TOTALSEG_WEB_TOKEN", "x")
+    with pytest.raises(SystemExit):
+        launcher.check_options(parser, parser.parse_args(["--host", "0.0.0.0", "--no-token"]))
