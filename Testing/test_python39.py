@@ -14,7 +14,8 @@ MODULE_ROOT = Path(__file__).resolve().parents[1] / "TotalSegmentator"
 SOURCES = sorted(p for p in MODULE_ROOT.rglob("*.py") if "egg-info" not in p.parts)
 # Modules the panel imports before any package is installed: they may use nothing outside the standard library.
 STDLIB_ONLY = ("totalseg_engine", "totalseg_engine.tasks", "totalseg_engine.terminology", "totalseg_engine.request",
-               "totalseg_engine.runner", "totalseg_engine.weights", "totalseg_engine.inference.devices",
+               "totalseg_engine.runner", "totalseg_engine.lifeline", "totalseg_engine.weights",
+               "totalseg_engine.inference.devices",
                "totalseg_engine.cli.options", "totalseg_slicer.panel_state", "totalseg_slicer.dependencies",
                "totalseg_slicer.dependency_install", "totalseg_slicer.devices", "totalseg_slicer.legacy_api",
                "totalseg_slicer.job_request")

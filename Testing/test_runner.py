@@ -6,7 +6,9 @@ on purpose) because what matters here is how real processes, pipes and signals b
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ from typing import Callable
 
 import pytest
 from model_factory import NetworkSize, write_task_models
-from process_support import group_members, process_alive
+from process_support import group_members, process_alive, seconds_until_gone
 from totalseg_engine.cli import main as cli
 from totalseg_engine.request import SegmentationRequest
 from totalseg_engine.runner import (
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group behaviour
 FAST_CPU_OFFLINE = SegmentationRequest(speed="fast", device="cpu", download=False, multilabel=True)
 TINY_3MM = NetworkSize(features=(2, 4, 8), patch_size=(64, 64, 64))
 SLOW_3MM = NetworkSize(features=(16, 32, 64, 128), patch_size=(32, 32, 32))  # ~20 tiles, a few seconds on a CPU
+ORPHAN_BOUND_S = 5.0  # an engine whose parent was SIGKILLed is gone within this (measured: well under 0.1 s)
 
 # Ignores SIGTERM, starts a grandchild that sleeps (and inherits the ignored SIGTERM), records both pids.
 STUBBORN_CHILD = """
@@ -247,3 +250,54 @@ def test_exit_of_the_parent_cancels_running_children(tmp_path):
     pids = read_pids(pid_file)
     assert pids[0] == int(done.stdout)
     assert not any(process_alive(pid) for pid in pids)
+
+
+# A parent that starts a run (from its main thread, from a thread that then ends, or with the kernel's tie switched
+# off so the watchdog does it), says so, and waits to be killed: the Slicer panel, a web session, a remote server.
+DOOMED_PARENT = """
+import sys, threading, time
+sys.path.insert(0, sys.argv[4])
+from totalseg_engine import lifeline
+from totalseg_engine import runner
+mode, child, pid_file = sys.argv[1:4]
+lifeline.USE_KERNEL = mode != "watchdog"
+started = []
+def start():
+    started.append(runner.EngineProcess([sys.executable, child, pid_file]).start())
+if mode == "thread":
+    worker = threading.Thread(target=start)
+    worker.start()
+    worker.join()  # the starting thread is gone; the run must go on as long as this process lives
+else:
+    start()
+while not any(isinstance(m, (runner.FinishedMessage, runner.LogMessage)) for m in started[0].poll()):
+    time.sleep(0.01)
+time.sleep(0.5)
+print("running" if started[0].state is runner.State.RUNNING else started[0].state.name, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["main", "thread", "watchdog"])
+def test_a_run_ends_when_its_parent_is_killed(tmp_path, mode):
+    """SIGKILL of whatever started a run (no cleanup runs in it) ends the run: the kernel's parent-death signal
+    for a run started from the main thread, the watchdog otherwise (and where the kernel has no such signal)."""
+    pid_file = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, str(script(tmp_path, DOOMED_PARENT, "parent.py")), mode,
+                               str(script(tmp_path, STUBBORN_CHILD)), str(pid_file), str(ENGINE_ROOT)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "running"
+        child, grandchild = read_pids(pid_file)
+        assert process_alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        # the watchdog signals the run's whole process group; the kernel's signal reaches the run itself (the
+        # engine starts no processes of its own)
+        ended = [child, grandchild] if mode != "main" else [child]
+        assert seconds_until_gone(ended, ORPHAN_BOUND_S) <= ORPHAN_BOUND_S, "the run outlived its killed parent"
+    finally:
+        parent.kill()
+        for pid in read_pids(pid_file) if pid_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -10,7 +10,8 @@ be installed.
 The parts: :mod:`.request` (one request from every front end), :mod:`.case` (one case, input to output files),
 :mod:`.core` (the in-memory pipeline, postprocessing, statistics), :mod:`.inference` (the networks on a device),
 :mod:`.imageio`, :mod:`.outputs` (what a run writes), :mod:`.weights`, :mod:`.cli` (the commands), :mod:`.api`
-(the official Python API), :mod:`.runner` (the engine as a child process), :mod:`.tasks` and :mod:`.terminology`
+(the official Python API), :mod:`.runner` (the engine as a child process) and :mod:`.lifeline` (child processes
+that end with their parent), :mod:`.tasks` and :mod:`.terminology`
 (the registry and the segment terminology, as data).
 """
 
@@ -29,7 +30,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "tasks": ("ModelSpec", "Task", "all_tasks", "get_task", "models_of_task"),
     "progress": ("ProgressCallback", "ProgressEvent", "ignore_progress"),
     "runner": ("EngineProcess", "FinishedMessage", "LogMessage", "ProgressMessage", "State", "cancel_all",
-               "engine_command"),
+               "engine_command", "kill_process_group", "process_group_alive"),
+    "lifeline": ("Lifeline",),
     "case": ("CaseResult", "segment_to_files", "switched_task"),
     "core.pipeline": ("Result", "RunnerFactory", "default_runner_factory", "required_models", "segment"),
     "outputs.targets": ("multi_output_paths", "statistics_file"),

@@ -3,7 +3,8 @@
 A segmentation runs for minutes and holds gigabytes, so the panel never runs it in Slicer's own
 process: a crash, an out-of-memory kill or a stuck CUDA call must not take Slicer down, and Cancel
 must stop it at once. :class:`EngineProcess` starts ``python -m totalseg_engine ... --progress-json``
-in its own process group, turns its output into typed messages on a queue (read by two threads, so
+in its own process group, tied to this process (:mod:`.lifeline`: it ends when this process dies, SIGKILL
+included), turns its output into typed messages on a queue (read by two threads, so
 neither pipe can fill up and stall the child), and :meth:`EngineProcess.poll` hands them to a GUI
 timer without ever blocking. :meth:`EngineProcess.cancel` stops the whole process tree, grandchildren
 included. Standard library only (no Qt, no slicer), so it is tested with real processes outside Slicer.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping, Optional, Sequence, Union
 
+from .lifeline import Lifeline
 from .progress import ProgressEvent, parse_event_line
 from .request import SegmentationRequest
 
@@ -134,6 +136,7 @@ class EngineProcess:
         self._cancel_lock = threading.Lock()  # one cancel at a time; later ones find the run finished
         self._state = State.NOT_STARTED
         self._proc: Optional[subprocess.Popen] = None
+        self._lifeline: Optional[Lifeline] = None
         self._cancel_requested = False
         self._exited = threading.Event()  # the child itself has exited and was reaped
         self._finished = threading.Event()  # ... and its output is read, the state final
@@ -144,19 +147,25 @@ class EngineProcess:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> EngineProcess:
-        """Launch the child in its own process group; returns self. Raises OSError if it cannot start."""
+        """Launch the child in its own process group; returns self. Raises OSError if it cannot start.
+
+        The child dies with this process (Linux: when started from the main thread, by the kernel; else a watchdog
+        running under the child's own Python, ``command[0]``).
+        """
         if self._state is not State.NOT_STARTED:
             raise RuntimeError(f"This process was already started or cancelled (state {self._state.name}).")
         self._started_at = time.monotonic()
+        self._lifeline = Lifeline(group=not _WINDOWS, python=self.command[0])
         try:
             self._proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env, cwd=self.cwd,
-                **_group_options())
+                **_group_options(), **self._lifeline.popen_options())
         except OSError as err:
             self._remember(f"ERROR: Could not start {self.command[0]}: {err}")
             self._finish(State.FAILED)
             raise
+        self._lifeline.attach(self._proc.pid)
         self._set_state(State.RUNNING)
         _register(self)
         self._readers = [self._thread(self._read, self._proc.stdout, "stdout"),
@@ -291,6 +300,7 @@ class EngineProcess:
         self._exited.set()
         if not _WINDOWS:  # what is left in the group now is an orphan of the engine (it holds our pipes)
             _killpg(self._proc.pid, signal.SIGKILL)
+        self._lifeline.release()
         for reader in self._readers:
             reader.join(READER_GRACE_S)
         self._finish(final_state(self._proc.returncode, self._cancel_requested))
@@ -373,6 +383,16 @@ def _live_member_in_proc(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process of group ``pgid`` is left: for those who only know a run's PID."""
+    return _tree_alive(pgid)
+
+
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL every process of group ``pgid`` (an engine run's: its PID); nothing if it is gone."""
+    _killpg(pgid, signal.SIGKILL)
 
 
 def _signal_description(number: int) -> str:

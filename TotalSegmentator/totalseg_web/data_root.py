@@ -1,8 +1,8 @@
 """Files a session may open on the server: everything below ``--data-root`` and nothing else.
 
-The browser sends paths relative to the root. A path is refused when it is absolute, holds ``..``, or
-resolves (through any symlink, at any depth) to a place outside the root: the check is made on the real path
-the file would be opened from, so a link planted inside the root cannot reach ``/etc``.
+The browser sends paths relative to the root. A path is refused when it is not text (or holds a NUL byte), is
+absolute, holds ``..``, or resolves (through any symlink, at any depth) to a place outside the root: the check is
+made on the real path the file would be opened from, so a link planted inside the root cannot reach ``/etc``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .inputs import is_image_name
+from .inputs import is_dicom_file, is_image_name
 
 
 class OutsideDataRootError(ValueError):
@@ -34,8 +34,11 @@ class DataRoot:
             raise NotADirectoryError(f"--data-root {root} is not a folder.")
 
     def resolve(self, relative: str) -> Path:
-        """The real path of ``relative`` below the root; OutsideDataRootError for anything that leaves it."""
-        text = (relative or "").replace("\\", "/")
+        """The real path of ``relative`` below the root; OutsideDataRootError for anything that leaves it, and for
+        what is no path at all (the browser may send anything: a NUL byte, a number)."""
+        if not isinstance(relative, str) or "\0" in relative:
+            raise OutsideDataRootError("The page asked for something that is not a valid path in the data folder.")
+        text = relative.replace("\\", "/")
         pure = PurePosixPath(text)
         if pure.is_absolute() or text.startswith("~") or ".." in pure.parts:
             raise OutsideDataRootError(f"'{relative}' is not a path inside the data folder.")
@@ -72,15 +75,5 @@ DICOM_PROBE_FILES = 8
 def _kind(path: Path) -> str:
     if path.is_dir():
         files = [p for p in sorted(path.iterdir())[:DICOM_PROBE_FILES] if p.is_file()]
-        return "dicom" if any(_is_dicom_file(p) for p in files) else "folder"
+        return "dicom" if any(is_dicom_file(p) for p in files) else "folder"  # slices often have no suffix
     return "image" if is_image_name(path.name) else ""
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name (often no suffix)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-

@@ -1,10 +1,15 @@
-"""``totalseg_web``: the server's one address. Checks the token, starts one session process per browser session,
-proxies the browser to it (HTTP and WebSocket), and removes a session's files when it ends.
+"""``totalseg_web``: the server's one address. Checks the host name and the token, starts one session process per
+browser session, proxies the browser to it (HTTP and WebSocket), and removes a session's files when it ends.
 
 A trame server shares one state between all its browsers, so each session is a process of its own
 (``session_app``) with its own scene, listening on 127.0.0.1 and answering only requests that carry the
 launcher's secret. ``GET /`` makes a new session and redirects to ``/s/<id>/``; the id is an unguessable
-capability. Runs from all sessions take turns through one ``RunQueue``.
+capability, known only to the launcher and the browser (the session's folder has another name, as command lines
+show folders). Runs from all sessions take turns through one ``RunQueue``.
+
+Whatever ends the launcher, SIGKILL included, ends its sessions (``totalseg_engine.lifeline``: the kernel's
+parent-death signal on Linux, a watchdog elsewhere), and each session's engine runs end with it the same way.
+Sessions are counted by a ``Capacity``, taken before anything is awaited, so parallel requests cannot pass it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import ipaddress
+import os
 import secrets
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -24,14 +31,19 @@ from typing import Optional
 
 import aiohttp
 from aiohttp import web
+from totalseg_engine import Lifeline
 
-from .protocol import PORT_LINE, PROXY_HEADER, SESSION_MODULE
+from .capacity import Capacity, Place
+from .protocol import PORT_LINE, PROXY_HEADER, SESSION_MODULE, SessionSettings, same_secret
 from .run_queue import RunQueue
 
 TOKEN_COOKIE = "totalseg_web_token"
+TOKEN_PARAMETER = "token"
+TOKEN_VARIABLE = "TOTALSEG_WEB_TOKEN"
 START_TIMEOUT_S = 180.0
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host", "content-length"}
+NOT_FORWARDED = HOP_HEADERS | {"cookie"}  # the token cookie stays with the launcher; sessions use no cookies
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
@@ -40,17 +52,53 @@ class SessionProcess:
     id: str
     folder: Path
     process: asyncio.subprocess.Process
+    place: Place
+    lifeline: Lifeline
     port: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
+    """Names and addresses only this machine reaches: localhost, 127.0.0.0/8 (all of it is the loopback
+    interface: no packet to it leaves the machine) and ::1."""
+    if host.lower().rstrip(".") in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without port or brackets, lower case ('' when there is none)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else ""
+    name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    return name.rstrip(".")
+
+
+def allowed_hosts(options: argparse.Namespace) -> set[str]:
+    """Host names the server answers to: loopback names, this machine's names, the listening address and every
+    ``--allowed-host``. A page on another site that renames itself to this server's address (DNS rebinding)
+    sends its own name, and is refused."""
+    names = {*LOOPBACK_NAMES, "127.0.0.1", "::1", options.host.lower()}
+    names |= {name.lower().rstrip(".") for name in options.allowed_host or []}
+    if not is_loopback(options.host):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return names
+
+
+def host_allowed(name: str, allowed: set[str], listening_host: str) -> bool:
+    """A known name (or none: HTTP/1.0); or, on a server listening beyond this machine, any address (not a name: no
+    DNS involved, so no rebinding)."""
+    if not name or name in allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or not is_loopback(listening_host)
 
 
 class Launcher:
@@ -63,10 +111,12 @@ class Launcher:
         self.queue = RunQueue(self.work / "queue", options.concurrent_runs)
         self.secret = secrets.token_urlsafe(32)
         self.sessions: dict[str, SessionProcess] = {}
+        self.session_places = Capacity(options.max_sessions)
+        self.hosts = allowed_hosts(options)
         self.client: Optional[aiohttp.ClientSession] = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
+        app = web.Application(client_max_size=0, middlewares=[self._check_host, self._check_token])
         app.router.add_get("/", self.new_session)
         app.router.add_get("/s/{sid}", self.add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.proxy)
@@ -76,47 +126,49 @@ class Launcher:
 
     # ------------------------------------------------------------------ access
 
-    def _authorised(self, request: web.Request) -> bool:
-        if self.token is None:
-            return True
-        given = request.query.get("token") or request.cookies.get(TOKEN_COOKIE, "")
-        return hmac.compare_digest(given, self.token)
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler) -> web.StreamResponse:
+        name = host_name(request.headers.get("Host", ""))
+        if not host_allowed(name, self.hosts, self.options.host):
+            return web.Response(status=400, text=(
+                f"This server does not answer to the name '{name[:100]}'. Open it by its own address; behind a "
+                f"reverse proxy, its administrator starts it with --allowed-host {name[:100] or 'NAME'}."))
+        return await handler(request)
 
-    def _refused(self) -> web.Response:
-        return web.Response(status=401, content_type="text/plain", text=(
-            "This TotalSegmentator server needs its access token: open the address printed when it started "
-            "(http://host:port/?token=...)."))
+    @web.middleware
+    async def _check_token(self, request: web.Request, handler) -> web.StreamResponse:
+        """The token from the address (first visit: kept in a cookie, and the address is given again without it,
+        so it leaves the address bar and the history) or from the cookie."""
+        if self.token is None:
+            return await handler(request)
+        given = request.query.get(TOKEN_PARAMETER)
+        if given is None:
+            given = _cookie(request, TOKEN_COOKIE)
+        elif same_secret(given, self.token) and request.method in ("GET", "HEAD"):
+            response = web.HTTPFound(str(request.rel_url.without_query_params(TOKEN_PARAMETER)))
+            # Lax, not Strict: a Strict cookie is not sent when the address was opened from a link on another site
+            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Lax")
+            return response
+        if not same_secret(given, self.token):
+            return web.Response(status=401, content_type="text/plain", text=(
+                "This TotalSegmentator server needs its access token: open the address printed when it started "
+                "(http://host:port/?token=...). Your browser must accept cookies from it."))
+        return await handler(request)
 
     # ------------------------------------------------------------------ sessions
 
     async def new_session(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorised(request):
-            return self._refused()
-        if len(self.sessions) >= self.options.max_sessions:
+        place = self.session_places.take()  # before any await: parallel requests cannot all pass
+        if place is None:
             return web.Response(status=503, text=(
-                f"This server already has {len(self.sessions)} open sessions (--max-sessions). Close a browser tab "
-                "of this app, or try again in a few minutes."))
-        session = await self._start_session()
-        response = web.HTTPFound(f"/s/{session.id}/")
-        if self.token is not None:
-            # Lax, not Strict: a Strict cookie is not sent when the address was opened from a link on another site
-            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Lax")
-        return response
+                f"This server already has {self.session_places.limit} open sessions (--max-sessions). Close a "
+                "browser tab of this app, or try again in a few minutes."))
+        session = await self._start_session(place)
+        return web.HTTPFound(f"/s/{session.id}/")
 
-    async def _start_session(self) -> SessionProcess:
+    async def _start_session(self, place: Place) -> SessionProcess:
         sid = secrets.token_urlsafe(18).replace("-", "x").replace("_", "y")
-        folder = self.work / "sessions" / sid
-        folder.mkdir(parents=True)
-        command = [sys.executable, "-m", SESSION_MODULE, "--session-dir", str(folder),
-                   "--queue-dir", str(self.queue.folder), "--max-upload-mb", str(self.options.max_upload_mb),
-                   "--concurrent-runs", str(self.options.concurrent_runs), "--idle-timeout",
-                   str(self.options.session_timeout), "--proxy-secret", self.secret]
-        if self.options.data_root:
-            command += ["--data-root", str(self.options.data_root)]
-        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-        session = SessionProcess(sid, folder, process)
-        self.sessions[sid] = session
-        asyncio.get_event_loop().create_task(self._watch(session))
+        session = await self._spawn(sid, self.work / "sessions" / secrets.token_hex(8), place)
         try:
             await asyncio.wait_for(session.ready.wait(), START_TIMEOUT_S)
         except asyncio.TimeoutError as err:
@@ -128,6 +180,31 @@ class Launcher:
                 "why. Tell the administrator."))
         return session
 
+    async def _spawn(self, sid: str, folder: Path, place: Place) -> SessionProcess:
+        """Start a session process tied to this one, in ``folder`` (not named by ``sid``: command lines show
+        folders), and give it its settings."""
+        settings = SessionSettings(
+            session_dir=str(folder), queue_dir=str(self.queue.folder), proxy_secret=self.secret,
+            max_upload_mb=self.options.max_upload_mb, concurrent_runs=self.options.concurrent_runs,
+            idle_timeout=self.options.session_timeout,
+            data_root=str(self.options.data_root) if self.options.data_root else None)
+        lifeline = Lifeline(sig=signal.SIGTERM)  # SIGTERM: a session whose launcher died still removes its files
+        try:
+            folder.mkdir(parents=True)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", SESSION_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                **lifeline.popen_options())
+        except OSError:
+            place.release()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        lifeline.attach(process.pid)
+        session = SessionProcess(sid, folder, process, place, lifeline)
+        self.sessions[sid] = session
+        asyncio.get_event_loop().create_task(self._watch(session))
+        await _send_settings(process, settings)
+        return session
+
     async def _watch(self, session: SessionProcess) -> None:
         """Read the session's port, pass its other output on, and clean up after it when it exits."""
         async for line in session.process.stdout:
@@ -136,14 +213,17 @@ class Launcher:
                 session.port = int(text[len(PORT_LINE):])
                 session.ready.set()
             elif text:
-                print(f"[session {session.id[:6]}] {text}", flush=True)
+                print(f"[session {session.folder.name[:6]}] {text}", flush=True)
         await session.process.wait()
         self._forget(session)
         session.ready.set()  # wakes a request still waiting for it to start (port 0: it never listened)
 
     def _forget(self, session: SessionProcess) -> None:
+        """Once its process has exited: its place, its queue tickets (an engine it left is killed first), files."""
         self.sessions.pop(session.id, None)
-        self.queue.drop_owner(session.id)
+        session.lifeline.release()
+        session.place.release()
+        self.queue.drop_owner(session.folder.name)
         shutil.rmtree(session.folder, ignore_errors=True)
 
     async def _stop(self, session: SessionProcess) -> None:
@@ -163,8 +243,6 @@ class Launcher:
         raise web.HTTPFound(f"/s/{request.match_info['sid']}/")
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorised(request):
-            return self._refused()
         session = self.sessions.get(request.match_info["sid"])
         if session is None or not session.ready.is_set():
             return _ended()
@@ -175,11 +253,12 @@ class Launcher:
 
     async def _forward(self, request: web.Request, session: SessionProcess) -> web.StreamResponse:
         url = f"http://127.0.0.1:{session.port}/{request.match_info['tail']}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
         headers[PROXY_HEADER] = self.secret
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._proxy_websocket(request, url, headers)
-        async with self.client.request(request.method, url, params=request.query, headers=headers,
+        query = request.rel_url.without_query_params(TOKEN_PARAMETER).query
+        async with self.client.request(request.method, url, params=query, headers=headers,
                                        data=request.content if request.body_exists else None,
                                        allow_redirects=False) as upstream:
             response = web.StreamResponse(status=upstream.status, headers={
@@ -211,6 +290,22 @@ class Launcher:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+async def _send_settings(process: asyncio.subprocess.Process, settings: SessionSettings) -> None:
+    """Settings and secret through the session's standard input: nothing secret on its command line."""
+    with contextlib.suppress(ConnectionError):  # it exited at once: _watch reports that
+        process.stdin.write(settings.to_line())
+        await process.stdin.drain()
+    process.stdin.close()
+
+
+def _cookie(request: web.Request, name: str) -> str:
+    """A cookie's value; '' when the Cookie header cannot be parsed (a client may send any bytes)."""
+    try:
+        return request.cookies.get(name, "")
+    except (ValueError, KeyError, UnicodeError):
+        return ""
+
+
 def _ended() -> web.Response:
     return web.Response(status=404, content_type="text/html", text=(
         "This session has ended (its page was closed for too long, or the server restarted). "
@@ -239,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "nothing outside it is reachable")
     p.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload, also for a zip's unpacked "
                    "content (default 2048)")
-    p.add_argument("--token", help="access token to require (default: a random one when --host is not local)")
+    p.add_argument("--token", help="access token to require (default: a random one when --host is not local). "
+                   f"Every user of this machine can read a command line (ps): prefer {TOKEN_VARIABLE} or --token-file")
+    p.add_argument("--token-file", type=Path, help="read the access token from the first line of this file "
+                   "(readable by the server's user only: chmod 600)")
     p.add_argument("--no-token", action="store_true", help="serve a non-local --host without a token (anyone "
                    "who can reach the port can use the server and see what its users upload)")
     p.add_argument("--concurrent-runs", type=int, default=1, help="segmentations running at once; the others "
@@ -249,16 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "browser before its scene and files are removed (default 300)")
     p.add_argument("--work-dir", type=Path, help="where sessions keep uploads and results (default: the "
                    "system's temporary folder); removed on exit")
+    p.add_argument("--allowed-host", action="append", metavar="NAME", help="a host name the browser may use for "
+                   "this server besides its own names (behind a reverse proxy that passes its own name); repeatable")
     return p
 
 
 def access_token(options: argparse.Namespace) -> Optional[str]:
-    """The token to require: the given one, none on localhost or with --no-token, else a new random one."""
-    if options.token:
-        return options.token
+    """The token to require: the given one (--token, --token-file or $TOTALSEG_WEB_TOKEN), none on localhost or
+    with --no-token, else a new random one. The variable is removed here, so no session or engine inherits it."""
+    from_environment = os.environ.pop(TOKEN_VARIABLE, "").strip()
+    given = options.token or _token_from_file(options.token_file) or from_environment
+    if given:
+        return given
     if is_loopback(options.host) or options.no_token:
         return None
     return secrets.token_urlsafe(16)
+
+
+def _token_from_file(path: Optional[Path]) -> str:
+    if path is None:
+        return ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -267,8 +377,10 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
     for name in ("max_upload_mb", "concurrent_runs", "max_sessions", "session_timeout"):
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive.")
-    if options.token and options.no_token:
-        parser.error("--token and --no-token exclude each other.")
+    if (options.token or options.token_file or os.environ.get(TOKEN_VARIABLE)) and options.no_token:
+        parser.error(f"--token/--token-file/{TOKEN_VARIABLE} and --no-token exclude each other.")
+    if options.token_file and not options.token_file.is_file():
+        parser.error(f"--token-file {options.token_file} is not a file.")
 
 
 def banner(options: argparse.Namespace, token: Optional[str], port: int) -> str:
@@ -285,6 +397,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     check_options(parser, options)
+    if options.token:
+        print(f"WARNING: --token is visible to every user of this machine (ps). Set {TOKEN_VARIABLE} or use "
+              "--token-file instead.", file=sys.stderr, flush=True)
     token = access_token(options)
     launcher = Launcher(options, token)
     print(banner(options, token, options.port), flush=True)

@@ -1,26 +1,31 @@
 """One browser session: its own MRML scene, views, panel and runs, in its own process.
 
-The launcher starts one of these per browser session (``python -m totalseg_web.session_app``) and proxies the
-browser to it; it listens on 127.0.0.1 only and, given ``--proxy-secret``, answers only requests that carry
-it. Everything MRML and VTK happens on the event loop's thread; reading an input runs in an executor, and a
-run is the panel's job polled from an asyncio task, so the page stays responsive while the engine works in
-its child process. The process ends when its browser has been gone for ``--idle-timeout`` seconds.
+The launcher starts one of these per browser session (``python -m totalseg_web.session_app``, its settings and
+the proxy secret as one JSON line on standard input) and proxies the browser to it; it listens on 127.0.0.1 only
+and answers only requests that carry the secret. Everything MRML and VTK happens on the event loop's thread;
+reading an input runs in an executor, and a run is the panel's job polled from an asyncio task, so the page stays
+responsive while the engine works in its child process (which dies with this process, however it ends). The
+process ends when its browser has been gone for ``idle_timeout`` seconds.
+
+What the browser sends is checked: a trigger's arguments of the wrong type get a message, an upload that is not
+one file a 400, one over the limit a 413, and messages name files as the user named them.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import hmac
+import contextlib
+import functools
+import inspect
 import shutil
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import slicer
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from totalseg_engine import State, TotalSegmentatorError, cancel_all, get_task, segment_info
 from totalseg_slicer import panel_state, segmentation_import
 from totalseg_slicer.devices import query_devices
@@ -30,9 +35,9 @@ from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
-from . import inputs, probe, session_ui
+from . import inputs, messages, probe, session_ui
 from .data_root import DataRoot, OutsideDataRootError
-from .protocol import PORT_LINE, PROXY_HEADER
+from .protocol import PORT_LINE, PROXY_HEADER, SessionSettings, same_secret
 from .run_queue import RunQueue, Ticket
 from .web_job import DOWNLOAD_KINDS, WebSegmentationJob
 
@@ -40,6 +45,8 @@ POLL_S = 0.25
 QUEUE_POLL_S = 0.5
 SERVE = {"totalseg_web": str(Path(__file__).with_name("serve"))}
 INPUT_ERRORS = (TotalSegmentatorError, ValueError, OSError)
+BAD_ARGUMENTS = (TotalSegmentatorError, TypeError, ValueError, LookupError, AttributeError)
+BAD_REQUEST = "The page sent a request this server cannot read. Reload the page and try again."
 STATISTICS_HEADERS = [{"title": "Structure", "key": "name"}, {"title": "Volume (ml)", "key": "volume_ml"},
                       {"title": "Mean intensity", "key": "intensity"}]
 
@@ -49,12 +56,11 @@ def _hex(color) -> str:
 
 
 class Session:
-    def __init__(self, server, options: argparse.Namespace) -> None:
+    def __init__(self, server, options: SessionSettings) -> None:
         self.server, self.state, self.ctrl = server, server.state, server.controller
         self.options = options
         self.folder = Path(options.session_dir)
-        self.uploads = self.folder / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.uploads = inputs.UploadArea(self.folder / "uploads")
         self.max_bytes = int(options.max_upload_mb * 2**20)
         self.data_root = DataRoot(options.data_root) if options.data_root else None
         self.queue = RunQueue(options.queue_dir, options.concurrent_runs)
@@ -98,26 +104,48 @@ class Session:
         self.server.enable_module({"serve": SERVE, "scripts": ["totalseg_web/upload.js"]})
         self.ctrl.on_server_bind.add(self._add_routes)
         self.ctrl.on_server_ready.add(self._announce)
-        self.ctrl.trigger("totalseg_uploaded")(self.on_uploaded)
-        self.ctrl.trigger("totalseg_open_entry")(self.open_entry)  # named: the tests call it as a browser could
-        for name in ("run_or_cancel", "set_segment_visible", "jump_to_segment", "apply_preset", "browse_up"):
-            setattr(self.ctrl, name, getattr(self, name))
-        self.state.change("modality_filter")(self._on_filter)
-        self.state.change("task")(self._on_task)
-        self.state.change("opacity", "show_3d")(self._on_display)
+        self.ctrl.trigger("totalseg_uploaded")(self._guarded(self.on_uploaded))
+        # named: the tests call it as a browser could
+        self.ctrl.trigger("totalseg_open_entry")(self._guarded(self.open_entry))
+        self.ctrl.run_or_cancel, self.ctrl.browse_up = self.run_or_cancel, self.browse_up
+        for name in ("set_segment_visible", "jump_to_segment", "apply_preset"):
+            setattr(self.ctrl, name, self._guarded(getattr(self, name)))
+        self.state.change("modality_filter")(self._guarded(self._on_filter))
+        self.state.change("task")(self._guarded(self._on_task))
+        self.state.change("opacity", "show_3d")(self._guarded(self._on_display))
         crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
         crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
 
+    def _guarded(self, handler: Callable) -> Callable:
+        """``handler`` for arguments that come from the browser (any JSON, any state value): one it cannot use gets
+        a message on the page and a line in the server's log, not a traceback that trame swallows silently."""
+        if inspect.iscoroutinefunction(handler):
+            async def guarded(*args, **kwargs):
+                with self._answering_bad_requests(handler):
+                    return await handler(*args, **kwargs)
+        else:
+            def guarded(*args, **kwargs):
+                with self._answering_bad_requests(handler):
+                    return handler(*args, **kwargs)
+        return functools.wraps(handler)(guarded)
+
+    @contextlib.contextmanager
+    def _answering_bad_requests(self, handler: Callable):
+        try:
+            yield
+        except BAD_ARGUMENTS as err:
+            print(f"{handler.__name__}: a request it cannot use ({err!r})", file=sys.stderr, flush=True)
+            self._fail(BAD_REQUEST)
+
     def _add_routes(self, wslink_server) -> None:
         app = wslink_server.app
-        if self.options.proxy_secret:
-            app.middlewares.append(self._from_launcher_only)
+        app.middlewares.append(self._from_launcher_only)
         app.router.add_post("/upload", self.upload)
         app.router.add_get("/download/{kind}", self.download)
 
     @web.middleware
     async def _from_launcher_only(self, request, handler):
-        if not hmac.compare_digest(request.headers.get(PROXY_HEADER, ""), self.options.proxy_secret):
+        if not same_secret(request.headers.get(PROXY_HEADER, ""), self.options.proxy_secret):
             return web.Response(status=403, text="Open the app through its launcher address.")
         return await handler(request)
 
@@ -155,26 +183,35 @@ class Session:
     # ------------------------------------------------------------------ inputs
 
     async def upload(self, request: web.Request) -> web.Response:
+        """Stream one file into a staged folder; the open input is replaced only once the new one has opened."""
         if self.state.running:
-            return web.json_response({"error": "A segmentation is running; cancel it or wait before uploading."})
-        part = await (await request.multipart()).next()
-        name = inputs.safe_name(part.filename or "")
+            return _answer(409, "A segmentation is running; cancel it or wait before uploading.")
+        part = await _file_part(request)
+        if part is None:
+            return _answer(400, "Send one file, as the form field 'file' of a multipart/form-data request.")
+        name = inputs.safe_name(part.filename)
         try:
             inputs.check_image_name(name)
-            shutil.rmtree(self.uploads, ignore_errors=True)  # one input at a time: the previous one goes
-            self.uploads.mkdir(parents=True)
-            await inputs.save_stream(_chunks(part), self.uploads / name, self.max_bytes)
-        except (inputs.UploadTooLargeError, inputs.UnsupportedInputError) as err:
-            return web.json_response({"error": str(err)})
-        return web.json_response({"name": name})
+        except inputs.UnsupportedInputError as err:
+            return _answer(400, str(err))
+        staged = self.uploads.stage()
+        try:
+            await inputs.save_stream(_chunks(part), staged / name, self.max_bytes)
+        except (inputs.UploadTooLargeError, ValueError, OSError) as err:
+            self.uploads.discard(staged)
+            return _upload_failed(name, err)
+        return web.json_response({"name": name, "upload": staged.name})
 
     async def on_uploaded(self, answer: dict) -> None:
         if "too_large" in answer:
-            size = f"'{answer.get('name', '')}' ({answer['too_large'] / 2**20:.0f} MB)"
+            size = f"'{inputs.safe_name(answer.get('name', ''))}' ({float(answer['too_large']) / 2**20:.0f} MB)"
             return self._fail(inputs.too_large_message(size, self.max_bytes))
         if "error" in answer:
-            return self._fail(answer["error"])
-        await self._open(self.uploads / inputs.safe_name(answer["name"]), answer["name"])
+            return self._fail(str(answer["error"]))
+        name, staged = inputs.safe_name(answer.get("name")), self.uploads.find(answer.get("upload"))
+        if staged is None or not (staged / name).is_file():
+            return self._fail("The uploaded file is no longer on the server. Upload it again.")
+        await self._open(staged / name, name, staged)
 
     def browse(self, relative: str) -> None:
         try:
@@ -197,18 +234,25 @@ class Session:
             return self._fail(str(err))
         await self._open(path, Path(relative).name)
 
-    async def _open(self, path: Path, name: str) -> None:
+    async def _open(self, path: Path, name: str, staged: Optional[Path] = None) -> None:
+        """Read and show an input; its staged folder (where a zip unpacks) becomes the session's input folder only
+        when that worked. Until then the open input, its files and its result stay as they are."""
+        staged = staged or self.uploads.stage()
         if self.state.running:
+            self.uploads.discard(staged)
             return self._fail("A segmentation is running; cancel it or wait before opening another image.")
         with self.state:
             self.state.busy_loading, self.state.error_message = True, ""
             self.state.status_message = f"Reading {name}"
         loop = asyncio.get_event_loop()
         try:
-            opened = await loop.run_in_executor(None, inputs.open_input, path, self.uploads, self.max_bytes, name)
+            opened = await loop.run_in_executor(None, inputs.open_input, path, staged, self.max_bytes, name)
             self._show(opened)
         except INPUT_ERRORS as err:
+            self.uploads.discard(staged)
             self._fail(f"Could not open {name}: {err}")
+        else:
+            self.uploads.keep(staged)
         finally:
             with self.state:
                 self.state.busy_loading = False
@@ -256,7 +300,7 @@ class Session:
             job = WebSegmentationJob(self.scene, self.volume, request, self.opened,
                                      self.folder / "results" / f"run-{self.runs}", python=sys.executable,
                                      temp_root=self.folder)
-        except (TotalSegmentatorError, ValueError) as err:
+        except (TotalSegmentatorError, ValueError, TypeError) as err:  # state values come from the browser
             return self._fail(str(err))
         job.on_progress = self._on_progress
         self.job, self.cancel_requested = job, False
@@ -268,11 +312,12 @@ class Session:
         self._run_task = asyncio.get_event_loop().create_task(self._run(job))
 
     async def _run(self, job: WebSegmentationJob) -> None:
-        self.ticket = self.queue.join(Path(self.folder).name)
+        self.ticket = self.queue.join(self.folder.name)
         started = time.monotonic()
         try:
             if await self._wait_for_turn():
-                job.start()
+                job.start()  # on this (the main) thread: the engine dies with this process, by the kernel's signal
+                self.ticket.engine_started(job.engine_pid)
                 while not job.poll():
                     await asyncio.sleep(POLL_S)
                 self._finished(job, time.monotonic() - started)
@@ -347,7 +392,7 @@ class Session:
 
     def _set_final_status(self, message: str) -> None:
         with self.state:
-            self.state.status_message, self.state.progress_message = message, ""
+            self.state.status_message, self.state.progress_message = self._for_user(message), ""
 
     def _segment_rows(self) -> list[dict]:
         node = self.result.segmentation_node
@@ -402,8 +447,17 @@ class Session:
         return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
     def _fail(self, message: str) -> None:
+        """Show an error; whatever was loading has ended (the page set busy_loading itself for an upload)."""
         with self.state:
-            self.state.error_message, self.state.status_message = message, ""
+            self.state.error_message, self.state.status_message = self._for_user(message), ""
+            self.state.busy_loading = False
+
+    def _for_user(self, message: str) -> str:
+        """The open input by the name the user gave, data-root files by their path there, no other server path."""
+        known = {self.opened.source: self.opened.name} if self.opened else {}
+        if self.data_root:
+            known.update({f"{self.data_root.root}/": "", self.data_root.root: "the data folder"})
+        return messages.for_user(message, known)
 
 
 def _voxel_count(volume: slicer.vtkMRMLScalarVolumeNode) -> int:
@@ -416,24 +470,37 @@ async def _chunks(part):
         yield chunk
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="totalseg_web session", description=__doc__.splitlines()[0])
-    parser.add_argument("--session-dir", required=True, type=Path)
-    parser.add_argument("--queue-dir", required=True, type=Path)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--data-root", type=Path)
-    parser.add_argument("--max-upload-mb", type=float, default=2048)
-    parser.add_argument("--concurrent-runs", type=int, default=1)
-    parser.add_argument("--idle-timeout", type=int, default=300)
-    parser.add_argument("--proxy-secret", default="")
-    return parser
+async def _file_part(request: web.Request) -> Optional[BodyPartReader]:
+    """The first part of a multipart/form-data body when it is a file; None for any other body."""
+    if request.content_type != "multipart/form-data":
+        return None
+    try:
+        part = await (await request.multipart()).next()
+    except (ValueError, AssertionError, KeyError):  # no boundary, a malformed or empty body
+        return None
+    return part if isinstance(part, BodyPartReader) and part.filename else None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    options = build_parser().parse_args(argv)
-    sys.argv = sys.argv[:1]  # trame parses the command line too; these options are not its own
-    server = get_server(name="totalseg_web", client_type="vue3")
+def _answer(status: int, error: str) -> web.Response:
+    return web.json_response({"error": error}, status=status)
+
+
+def _upload_failed(name: str, err: Exception) -> web.Response:
+    """413 for a file over the limit, 400 for a body cut off or malformed, 507 when the server's disk is full."""
+    if isinstance(err, inputs.UploadTooLargeError):
+        return _answer(413, str(err))
+    if isinstance(err, OSError):
+        print(f"upload of {name} failed: {err!r}", file=sys.stderr, flush=True)
+        return _answer(507, f"The server could not store '{name}'. Tell the administrator (see the server's log).")
+    return _answer(400, f"The upload of '{name}' was cut off or malformed. Upload it again.")
+
+
+def main() -> int:
+    # SIGTERM comes from the launcher, or from the kernel when the launcher died: leave through the cleanup below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    options = SessionSettings.from_line(sys.stdin.readline())  # from the launcher: secrets stay off command lines
+    sys.argv = sys.argv[:1]  # trame parses the command line too
+    server = get_server(name="totalseg_web", client_type="vue3")
     try:
         Session(server, options)
         server.start(port=options.port, host="127.0.0.1", open_browser=False, timeout=options.idle_timeout,

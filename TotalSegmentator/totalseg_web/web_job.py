@@ -46,6 +46,11 @@ class WebSegmentationJob(SegmentationJob):
         self.labels: Optional[np.ndarray] = None  # on the volume's voxels (i, j, k), for "what is under the cursor"
         self.statistics: Optional[list[dict]] = None  # statistics_rows() of the engine's statistics.json
 
+    @property
+    def engine_pid(self) -> Optional[int]:
+        """The engine child's PID, which is also its process group's (the run queue records it)."""
+        return self._process.pid if self._process is not None else None
+
     def export_input(self, path: Path) -> Path:
         return self.opened.source
 

@@ -1,5 +1,6 @@
-// Upload the chosen file to this session's "upload" route (streamed to disk, size-checked on the server), then
-// tell the session to open it. The route is relative: behind the launcher the page lives under /s/<session>/.
+// Upload the chosen file to this session's "upload" route (streamed to a staging folder, size-checked on the
+// server), then tell the session to open it (the answer names the staged upload). The route is relative: behind
+// the launcher the page lives under /s/<session>/.
 window.totalsegUpload = async function totalsegUpload(input) {
   const file = input.files && input.files[0];
   if (!file) {
@@ -19,10 +20,21 @@ window.totalsegUpload = async function totalsegUpload(input) {
     const form = new FormData();
     form.append("file", file, file.name);
     const response = await fetch("upload", { method: "POST", body: form });
-    answer = await response.json();
+    answer = await readAnswer(response);
   } catch (error) {
     answer = { error: `The upload failed: ${error}` };
   }
   input.value = "";
   await trame.trigger("totalseg_uploaded", [answer]);
 };
+
+// The session answers JSON ({name, upload} or {error}); anything else (the launcher's plain-text 401, a proxy's
+// error page) becomes an error with its text.
+async function readAnswer(response) {
+  const text = await response.text();
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    return { error: `The upload failed (${response.status}): ${text.slice(0, 300)}` };
+  }
+}
