@@ -187,14 +187,14 @@ class _RecordedJob:
 
 
 @pytest.mark.parametrize("call, expected", [
-    (lambda logic, v: logic.process(v, None), ("SegmentationJob", "total", "normal", "gpu", ())),
+    (lambda logic, v: logic.process(v, None), ("SegmentationJob", "total", "normal", "auto", ())),
     (lambda logic, v: logic.process(v, None, "faster", True, "total_mr"),
      ("SegmentationJob", "total_mr", "fastest", "cpu", ())),
     (lambda logic, v: logic.process(v, None, False, False, None, ["liver"]),
-     ("SegmentationJob", "total", "normal", "gpu", ("liver",))),
+     ("SegmentationJob", "total", "normal", "auto", ("liver",))),
     (lambda logic, v: logic.process(v, None, fast=True, cpu=True), ("SegmentationJob", "total", "fast", "cpu", ())),
     (lambda logic, v: logic.process(v, None, quality="fast", subset=["spleen"], sequenceBrowserNode=object()),
-     ("SequenceJob", "total", "fast", "gpu", ("spleen",))),
+     ("SequenceJob", "total", "fast", "auto", ("spleen",))),
     (lambda logic, v: logic.processAsync(v, None, "fast", cpu=True), ("SegmentationJob", "total", "fast", "cpu", ())),
     (lambda logic, v: logic.process(v, None, task="total", fastest=True, roiSubset=["liver"], device="gpu:1"),
      ("SegmentationJob", "total", "fastest", "gpu:1", ("liver",))),
@@ -212,7 +212,7 @@ def test_existing_extension_calling_styles_reach_the_job(module, mrml, monkeypat
     call(logic, volume)
     logic.cancel()
     [recorded] = _RecordedJob.made
-    request = recorded.request.segmentation  # "auto (GPU if available)" is the engine's default device, gpu
+    request = recorded.request.segmentation  # "auto": the engine's CUDA, then Apple MPS, then the CPU
     assert (type(recorded).__name__, request.task, request.speed, request.device, request.roi_subset) == expected
 
 

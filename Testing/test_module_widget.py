@@ -484,3 +484,28 @@ def test_the_panel_opens_in_a_slicer_without_the_engines_packages(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     devices, tasks, imported = done.stdout.strip().splitlines()[-1].rsplit(" ", 2)
     assert "'auto'" in devices and "'cpu'" in devices and int(tasks) > 40 and imported == "False"
+
+
+@pytest.mark.parametrize("button, speed, split, starts", [
+    ("Fast mode (3 mm)", "fast", False, True), ("Split processing", "normal", True, True),
+    ("Run anyway", "normal", False, True), ("Cancel", "normal", False, False)])
+def test_apply_offers_fast_mode_or_split_processing_when_the_run_will_not_fit(slicer_app, panel, data_dir, monkeypatch,
+                                                                               button, speed, split, starts):
+    """As the existing extension asks on a small GPU; here for any device, from the engine's estimate."""
+    from totalseg_slicer import resources
+
+    volume = ct(slicer_app, data_dir)
+    asked, started = [], []
+    shortfall = resources.Shortfall("This run needs about 9.0 GB of RAM, but only 2.0 GB is free: it may fail or be "
+                                    "very slow. --fast (3 mm models) needs much less.", ("fast", "force_split"))
+    monkeypatch.setattr(resources, "check_resources",
+                        lambda python, dims, spacing, request, timeout_s=60: asked.append((dims, request)) or shortfall)
+    monkeypatch.setattr(panel.logic, "start", lambda params, **kw: started.append((params.speed, params.forceSplit)))
+    monkeypatch.setattr(qt.QMessageBox, "exec_", lambda box: slicer_app.dialogs.modal(box) and 0)
+    monkeypatch.setattr(qt.QMessageBox, "clickedButton",
+                        lambda box: next(b for b in box.buttons() if qt.QAbstractButton.text(b) == button))
+    panel.ui.deviceComboBox.currentIndex = panel.ui.deviceComboBox.findData("cpu")
+    panel.ui.applyButton.click()
+    assert asked[0][0] == volume.GetImageData().GetDimensions() and asked[0][1].device == "cpu"
+    assert slicer_app.dialogs.shown[-1] == ("Not enough memory", shortfall.message)
+    assert started == ([(speed, split)] if starts else [])

@@ -11,7 +11,8 @@ import torch
 from model_factory import TINY, write_model_folder
 from totalseg_engine import geometry
 from totalseg_engine.errors import CancelledError, TotalSegmentatorError
-from totalseg_engine.inference.prediction import ModelRunner, select_device, tile_reporter
+from totalseg_engine.inference.devices import select_device
+from totalseg_engine.inference.prediction import ModelRunner, tile_reporter
 from totalseg_engine.progress import ProgressEvent
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}

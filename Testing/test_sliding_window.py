@@ -23,8 +23,9 @@ from model_factory import SMALL, TINY, write_model_folder
 from totalseg_engine import geometry
 from totalseg_engine.errors import ModelPlansError, TotalSegmentatorError
 from totalseg_engine.inference import prediction, runtimes, sliding_window
+from totalseg_engine.inference.devices import resolve_device
 from totalseg_engine.inference.nnunet_plans import read_model_plans
-from totalseg_engine.inference.prediction import ModelRunner, SlidingWindowRunner, make_runner, resolve_device
+from totalseg_engine.inference.prediction import ModelRunner, SlidingWindowRunner, make_runner
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right", 5: "aorta"}
 HAS_ORT = runtimes.onnxruntime_available()

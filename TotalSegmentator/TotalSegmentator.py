@@ -36,7 +36,7 @@ from totalseg_engine import (
     segment_info,
     set_license_key,
 )
-from totalseg_slicer import dependencies, dependency_install, devices, legacy_api, panel_state, sequences
+from totalseg_slicer import dependencies, dependency_install, devices, legacy_api, panel_state, resources, sequences
 from totalseg_slicer.job_request import from_parameter_node
 
 POLL_INTERVAL_MS = 100
@@ -99,6 +99,7 @@ class TotalSegmentatorParameterNode:
     bodySeg: bool = False
     removeSmallBlobs: bool = False
     higherOrderResampling: bool = False
+    forceSplit: bool = False
     useStandardSegmentNames: bool = True
 
 
@@ -346,7 +347,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._withErrorDisplay("Installing the Python packages failed.", self.logic.ensureDependencies):
             return
         params = self._parameterNode
-        if not self._confirmReplacement(params):
+        if not self._confirmReplacement(params) or not self._confirmResources(params):
             return
         frames = self.logic.sequenceFrames(params.inputVolume)
         allFrames = len(frames) > 1 and slicer.util.confirmYesNoDisplay(
@@ -381,6 +382,28 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return slicer.util.confirmOkCancelDisplay(
             f"The segmentation already has {len(names)} segment(s) of this task ({shown}). Replace them? "
             "Your other segments are kept.")
+
+    def _confirmResources(self, params: TotalSegmentatorParameterNode) -> bool:
+        """When the run will probably not fit into the free memory: offer fast mode or split processing (as the
+        existing extension offers fast mode on a small GPU). False: the user cancelled."""
+        shortfall = self.logic.checkResources(params)
+        if shortfall is None:
+            return True
+        box = qt.QMessageBox(qt.QMessageBox.Warning, "Not enough memory", shortfall.message, qt.QMessageBox.NoButton)
+        choices = {}
+        if "fast" in shortfall.advice:
+            choices[box.addButton("Fast mode (3 mm)", qt.QMessageBox.AcceptRole)] = ("speed", "fast")
+        if "force_split" in shortfall.advice:
+            choices[box.addButton("Split processing", qt.QMessageBox.AcceptRole)] = ("forceSplit", True)
+        anyway = box.addButton("Run anyway", qt.QMessageBox.DestructiveRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked in choices:
+            name, value = choices[clicked]
+            setattr(params, name, value)
+            return True
+        return clicked == anyway
 
     def onProgress(self, fraction: Optional[float], message: str) -> None:
         if fraction is not None:
@@ -651,6 +674,15 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
 
     def sequenceFrames(self, volumeNode) -> list:
         return sequences.frames_of(slicer.mrmlScene, volumeNode) if volumeNode else []
+
+    def checkResources(self, params: TotalSegmentatorParameterNode):
+        """None when the panel's run fits into the free memory (or nobody could tell), else what is short and what
+        would help: asked of Slicer's Python in a child process (only torch knows a GPU's free memory)."""
+        volume = params.inputVolume
+        if volume is None or volume.GetImageData() is None:
+            return None
+        return resources.check_resources(devices.slicer_python(), volume.GetImageData().GetDimensions(),
+                                         volume.GetSpacing(), from_parameter_node(params).segmentation)
 
     def availableDevices(self) -> list[tuple[str, str]]:
         """(label, value) pairs: auto, every CUDA GPU, Apple MPS where present, the CPU.

@@ -44,6 +44,8 @@ class WarmModels:
                     self.loaded += 1
             return self.runners[key]
 
+        make.device = getattr(base, "device", device)  # where a model that does not fit runs again: on the CPU,
+        make.for_cpu = lambda: self.factory("cpu", runtime, download)  # kept warm like the others
         return make
 
 

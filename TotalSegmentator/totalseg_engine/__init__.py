@@ -33,7 +33,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                "engine_command", "kill_process_group", "process_group_alive"),
     "lifeline": ("Lifeline",),
     "case": ("CaseResult", "segment_to_files", "switched_task"),
-    "core.pipeline": ("Result", "RunnerFactory", "default_runner_factory", "required_models", "segment"),
+    "core.pipeline": ("Result", "required_models", "segment"),
+    "core.model_runs": ("RunnerFactory", "default_runner_factory"),
     "outputs.targets": ("multi_output_paths", "statistics_file"),
     "terminology": ("segment_info",),
     "imageio": ("NIFTI_SUFFIXES", "SITK_SUFFIXES", "atomic_output", "dicom_series_files", "load_image",
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "inference.allocator": ("reuse_freed_memory",),
     "cli.options": ("add_reporting_options", "add_request_arguments", "parse_command", "request_from_args"),
     "inference.devices": ("AUTO_DEVICE", "CPU_DEVICE", "DEVICE_LIST_MODULE", "gpu_count"),
+    "inference.resources": ("RESOURCE_CHECK_MODULE",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import imageio
 from .core import pipeline
-from .inference.prediction import resolve_device
+from .inference.devices import resolve_device
 from .outputs import radiomics
 from .outputs import targets as output_targets
 from .outputs.report import run_report, write_report

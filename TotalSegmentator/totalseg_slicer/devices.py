@@ -10,12 +10,13 @@ log line saying why, never an exception.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import sys
 
-from totalseg_engine import AUTO_DEVICE, CPU_DEVICE, DEVICE_LIST_MODULE, EngineProcess, LogMessage
+from totalseg_engine import AUTO_DEVICE, CPU_DEVICE, DEVICE_LIST_MODULE
+
+from .child_query import ask_child, last_line
 
 FALLBACK = (AUTO_DEVICE, CPU_DEVICE)  # what the child itself answers without torch
 DEFAULT_TIMEOUT_S = 60.0  # a cold torch import with CUDA takes several seconds on Windows
@@ -38,40 +39,23 @@ def query_devices(python: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[tup
 
 @functools.cache
 def _device_table(python: str, timeout_s: float) -> tuple[tuple[str, str], ...]:
-    # The engine's child-process runner (standard library only: usable before any install) puts the engine on
-    # the child's PYTHONPATH and, on timeout, stops the whole process tree: PythonSlicer may be a launcher whose
-    # own child would otherwise keep running with the pipes open.
-    command = f"{python} -m {DEVICE_LIST_MODULE}"
-    process = EngineProcess([python, "-m", DEVICE_LIST_MODULE])
+    answer = ask_child(python, DEVICE_LIST_MODULE, (), timeout_s)
+    if answer.problem:
+        return _fallback(answer.problem)
     try:
-        process.start()
-    except OSError as err:
-        return _fallback(f"{command} could not be started: {err}")
-    if not process.wait(timeout_s).finished:
-        process.cancel()
-        return _fallback(f"{command} did not answer within {timeout_s:g} s")
-    lines = [m for m in process.poll() if isinstance(m, LogMessage)]
-    stdout = "\n".join(m.text for m in lines if m.stream == "stdout")
-    stderr = "\n".join(m.text for m in lines if m.stream == "stderr")
-    if process.returncode != 0:
-        return _fallback(f"{command} exited with status {process.returncode}: {_last_line(stderr)}")
-    try:
-        devices = _parse(stdout)
+        devices = _parse(answer.value)
     except ValueError as err:
-        return _fallback(f"{command} printed unexpected output ({err}): {_last_line(stdout)}")
-    if stderr.strip():
-        log.info("Device list: %s", _last_line(stderr))
+        return _fallback(f"{python} -m {DEVICE_LIST_MODULE} printed unexpected output ({err})")
+    if answer.stderr.strip():
+        log.warning("Device list: %s", last_line(answer.stderr))
     return devices
 
 
 query_devices.cache_clear = _device_table.cache_clear  # type: ignore[attr-defined]
 
 
-def _parse(text: str) -> tuple[tuple[str, str], ...]:
-    """The JSON list of {"label", "value"} objects on the child's last stdout line (a startup script may print
-    before it); ValueError for anything else."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    entries = json.loads(lines[-1] if lines else "")  # json.JSONDecodeError is a ValueError
+def _parse(entries: object) -> tuple[tuple[str, str], ...]:
+    """The list of {"label", "value"} objects the child printed; ValueError for anything else."""
     if not isinstance(entries, list) or not entries:
         raise ValueError("not a non-empty JSON list")
     devices = []
@@ -86,8 +70,3 @@ def _parse(text: str) -> tuple[tuple[str, str], ...]:
 def _fallback(reason: str) -> tuple[tuple[str, str], ...]:
     log.warning("Listing the GPUs failed, only auto and CPU are offered: %s", reason)
     return FALLBACK
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "(no output)"

@@ -11,8 +11,6 @@ from typing import Any
 
 from totalseg_engine import SegmentationRequest, get_task
 
-ENGINE_DEVICE = {"auto": "gpu"}  # the panel's "auto (GPU if available)" is the engine's default device
-
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -41,12 +39,12 @@ def job_request(*, device: str = "auto", offline: bool = False, use_standard_nam
                 replace_existing: bool = True, **options: Any) -> JobRequest:
     """The Slicer vocabulary (the panel's parameters and the console's keywords) as a job request, in one place.
 
-    ``device`` is the panel's choice ("auto" is the engine's default GPU-else-CPU); ``offline`` the console's name
+    ``device`` is the panel's choice ("auto": CUDA, then Apple MPS, then the CPU); ``offline`` the console's name
     for not downloading; every other keyword is a :class:`SegmentationRequest` field under its own name (``task``,
     ``speed``, ``roi_subset``, ``statistics``, ``remove_small_blobs`` ...).
     """
     try:
-        segmentation = SegmentationRequest(device=ENGINE_DEVICE.get(device, device), download=not offline, **options)
+        segmentation = SegmentationRequest(device=device, download=not offline, **options)
     except TypeError as err:  # a keyword that is no option
         raise ValueError(f"Unknown segmentation option: {err}") from err
     return JobRequest(segmentation, use_standard_names, replace_existing)
@@ -57,5 +55,5 @@ def from_parameter_node(params: Any) -> JobRequest:
     return job_request(
         task=params.task, speed=params.speed, roi_subset=list(params.roiSubset), device=params.device,
         robust_crop=params.robustCrop, body_seg=params.bodySeg, remove_small_blobs=params.removeSmallBlobs,
-        higher_order_resampling=params.higherOrderResampling, statistics=params.computeStatistics,
-        use_standard_names=params.useStandardSegmentNames)
+        higher_order_resampling=params.higherOrderResampling, force_split=params.forceSplit,
+        statistics=params.computeStatistics, use_standard_names=params.useStandardSegmentNames)

@@ -7,35 +7,24 @@ differences come from the registry (:mod:`tasks`), never from branches on task n
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import nibabel as nib
 import numpy as np
 
 from .. import geometry, imageio
-from ..errors import CancelledError, InvalidOptionError, UnknownTaskError
-from ..inference.prediction import tile_reporter  # no torch at import: models are loaded lazily
+from ..errors import InvalidOptionError, UnknownTaskError
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from ..request import SegmentationRequest
 from ..tasks import Mode, ModelSpec, Task, get_task
 from . import postprocessing
+from .model_runs import ModelRuns, RunnerFactory, default_runner_factory, models_for, run_models
 
-# Sliding-window step: the whole-body models were released with 0.8, all other tasks use 0.5.
-WIDE_STEP_TASKS = ("total", "total_v3", "total_mr")
 ROI_CROP_MARGIN_MM = (20.0, 20.0, 20.0)
-
-
-class Runner(Protocol):
-    """What the pipeline needs of a loaded model (tests pass stand-ins)."""
-
-    def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
-                on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray: ...
-
-
-RunnerFactory = Callable[[ModelSpec, float], Runner]
 
 
 @dataclass
@@ -50,29 +39,6 @@ class Result:
     @property
     def data(self) -> np.ndarray:
         return np.asanyarray(self.image.dataobj)
-
-
-@dataclass
-class _Run:
-    """State shared by the model runs of one segmentation (device, loaded models, callbacks)."""
-
-    request: SegmentationRequest
-    progress: ProgressCallback
-    should_cancel: Callable[[], bool]
-    runner_factory: RunnerFactory
-    runners: dict[int, Runner] = field(default_factory=dict)
-
-    def check_cancel(self) -> None:
-        if self.should_cancel():
-            raise CancelledError("Segmentation was cancelled.")
-
-    def runner(self, spec: ModelSpec, step: float) -> Runner:
-        if spec.dataset_id not in self.runners:  # each model is loaded once per run
-            self.runners[spec.dataset_id] = self.runner_factory(spec, step)
-        return self.runners[spec.dataset_id]
-
-    def emit(self, stage: str, message: str, **kwargs) -> None:
-        self.progress(ProgressEvent(stage=stage, message=message, **kwargs))
 
 
 @dataclass(frozen=True)
@@ -96,20 +62,6 @@ class _Prediction:
     lowres_image: Optional[nib.Nifti1Image] = None
 
 
-def default_runner_factory(device: str, runtime: str = "auto") -> RunnerFactory:
-    """Load released weights from the cache onto the selected device, with the selected CPU runtime."""
-    from .. import weights
-    from ..inference.prediction import check_runtime, make_runner, resolve_device
-
-    check_runtime(runtime)
-    resolved = resolve_device(device)
-
-    def make(spec: ModelSpec, step: float) -> Runner:
-        return make_runner(weights.model_dir(spec), spec.folds, resolved, step, spec.configuration, runtime)
-
-    return make
-
-
 def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[SegmentationRequest] = None,
             progress: ProgressCallback = ignore_progress, should_cancel: Callable[[], bool] = lambda: False,
             runner_factory: Optional[RunnerFactory] = None) -> Result:
@@ -131,7 +83,8 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
         weights.ensure_weights(_required_models(task, mode, request, roi), progress=progress,
                                download=request.download, task=task.name)
         runner_factory = default_runner_factory(request.device, request.runtime)
-    run = _Run(request, progress, should_cancel, runner_factory)
+        _warn_if_short(original, request, runner_factory.device)
+    run = ModelRuns(request, progress, should_cancel, runner_factory)
     working = nib.Nifti1Image(np.asarray(original.get_fdata(), dtype=np.float64), original.affine)
     crop = _crop_for(run, task, working, roi)
     label_map = _output_label_map(task, roi)
@@ -150,6 +103,14 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
     stats = _statistics(run, prediction, labels, grid, roi) if request.statistics else None
     run.emit("done", "Segmentation finished", fraction=1.0)
     return Result(labels_image(labels, grid), label_map, stats, notes)
+
+
+def _warn_if_short(image: nib.Nifti1Image, request: SegmentationRequest, device: str) -> None:
+    """Say once, before any work, when the run will probably not fit into the free memory (and what helps)."""
+    from ..inference import resources
+
+    fit = resources.check(image.shape[:3], geometry.header_spacing(image), request, device, sys.modules.get("torch"))
+    resources.warn_if_short(fit)
 
 
 def _keeps_lowres(task: Task, request: SegmentationRequest) -> bool:
@@ -214,10 +175,10 @@ def required_models(request: SegmentationRequest) -> list[ModelSpec]:
 def _required_models(task: Task, mode: Mode, request: SegmentationRequest, roi: Optional[list[str]]) -> list[ModelSpec]:
     """Every model a run will load: crop models, refinement model, then the task's own."""
     refine = list(get_task(task.refine_with).mode().models) if task.refine_with else []
-    return _crop_specs(task, request, roi) + refine + list(_models_for(task, mode, roi))
+    return _crop_specs(task, request, roi) + refine + list(models_for(task, mode, roi))
 
 
-def _refine_mask(run: _Run, task: Task, working: nib.Nifti1Image) -> Optional[np.ndarray]:
+def _refine_mask(run: ModelRuns, task: Task, working: nib.Nifti1Image) -> Optional[np.ndarray]:
     """Labels of the model whose mask trims the task's prediction (vertebrae_pp_refined)."""
     if not task.refine_with:
         return None
@@ -264,7 +225,7 @@ class _Crop:
     remove_outside: Optional[np.ndarray] = None
 
 
-def _crop_for(run: _Run, task: Task, working: nib.Nifti1Image, roi: Optional[list[str]]) -> Optional[_Crop]:
+def _crop_for(run: ModelRuns, task: Task, working: nib.Nifti1Image, roi: Optional[list[str]]) -> Optional[_Crop]:
     plan = _crop_plan(task, run.request, roi)
     if plan is None:
         return None
@@ -293,14 +254,7 @@ def _mask_of(task: Task, labels: np.ndarray, names: Sequence[str]) -> np.ndarray
 # ---------------------------------------------------------------- prediction
 
 
-def _models_for(task: Task, mode: Mode, roi: Optional[list[str]]) -> tuple[ModelSpec, ...]:
-    """Part models to run: with a ROI subset, only the parts that predict one of its classes."""
-    if roi is None or len(mode.models) == 1:
-        return mode.models
-    return tuple(m for m in mode.models if m.classes and any(n in roi for n in m.classes.values()))
-
-
-def _predict_task(run: _Run, task: Task, mode: Mode, working: nib.Nifti1Image, crop: Optional[_Crop],
+def _predict_task(run: ModelRuns, task: Task, mode: Mode, working: nib.Nifti1Image, crop: Optional[_Crop],
                   roi: Optional[list[str]], extras: _Extras = PLAIN) -> _Prediction:
     """Labels of one task on the original grid (the in-memory equivalent of one official model run)."""
     shape = working.shape
@@ -316,7 +270,8 @@ def _predict_task(run: _Run, task: Task, mode: Mode, working: nib.Nifti1Image, c
     run.emit("resample", f"Resampling to {spacing} mm" if spacing else "Preparing image")
     model_input = geometry.resample_image(canonical, spacing, order=run.request.resampling_order) if spacing \
         else canonical
-    labels = _run_models(run, task, mode, model_input, roi, extras.force_split)
+    labels = run_models(run, task, mode, np.asanyarray(model_input.dataobj), geometry.header_spacing(model_input),
+                        roi, extras.force_split)
     run.check_cancel()
     run.emit("postprocess", "Postprocessing")
     labels = postprocessing.postprocess(labels, task.name, geometry.header_spacing(model_input), extras.blobs_mm3)
@@ -342,48 +297,6 @@ def _upsampled(labels: np.ndarray, shape: Sequence[int], task: Task, roi: Option
     return geometry.resample_labels_one_hot(labels, shape, order=1)
 
 
-def _run_models(run: _Run, task: Task, mode: Mode, model_input: nib.Nifti1Image,
-                roi: Optional[list[str]], force_split: bool) -> np.ndarray:
-    """Predict with each (part) model, split into slabs when needed, merged into task label ids."""
-    data = np.asanyarray(model_input.dataobj)
-    spacing = geometry.header_spacing(model_input)
-    models = _models_for(task, mode, roi)
-    plan = geometry.split_plan(data.shape, force_split, allowed=len(mode.models) > 1)
-    step = 0.8 if task.name in WIDE_STEP_TASKS else 0.5
-    merged = np.zeros(data.shape, dtype=np.uint8)
-    for index, spec in enumerate(models, start=1):
-        run.check_cancel()
-        run.emit("predict", f"Loading model {spec.dataset_id}", model=index, of=len(models))
-        runner = run.runner(spec, step)
-        part = _predict_split(run, runner, data, spacing, plan, index, len(models), task.name)
-        labels = _to_task_labels(part, spec, task)
-        np.copyto(merged, labels, where=labels != 0)  # later parts win on overlap
-    return merged
-
-
-def _predict_split(run: _Run, runner: Runner, data: np.ndarray, spacing: np.ndarray,
-                   plan: Optional[geometry.SplitPlan], index: int, of: int, label: str) -> np.ndarray:
-    if plan is None:
-        report = tile_reporter(run.progress, index, of, label, run.should_cancel)
-        return runner.predict([data], spacing, report)
-    out = np.zeros(data.shape, dtype=np.uint8)
-    for number, ((keep, dest), slab) in enumerate(zip(plan.keep(), plan.slabs(data.shape[2])), start=1):
-        report = tile_reporter(run.progress, index, of, f"{label} (slab {number}/3)", run.should_cancel)
-        out[:, :, dest] = runner.predict([data[:, :, slab]], spacing, report)[:, :, keep]
-    return out
-
-
-def _to_task_labels(part: np.ndarray, spec: ModelSpec, task: Task) -> np.ndarray:
-    """Map a part model's own label ids onto the task's label ids (by class name)."""
-    if spec.classes is None:
-        return part
-    by_name = {name: label for label, name in task.classes.items()}
-    lut = np.zeros(max(int(part.max()), max(spec.classes)) + 1, dtype=np.uint8)
-    for label, name in spec.classes.items():
-        lut[label] = by_name[name]
-    return lut[part]
-
-
 # ---------------------------------------------------------------- finishing
 
 
@@ -398,7 +311,7 @@ def _finish_labels(labels: np.ndarray, task: Task, label_map: dict[int, str], cr
     return labels
 
 
-def _statistics(run: _Run, prediction: _Prediction, labels: np.ndarray, original: nib.Nifti1Image,
+def _statistics(run: ModelRuns, prediction: _Prediction, labels: np.ndarray, original: nib.Nifti1Image,
                 roi: Optional[list[str]]) -> dict:
     """Volumes and mean intensities; --fast runs compute them on the working grid, as the official does.
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -40,71 +39,9 @@ CHECKPOINT = runtimes.CHECKPOINT
 # faster on a CPU but not bit-identical; it becomes the CPU default (AUTO_CPU_RUNTIME, with a fallback to torch)
 # once its parity on trained weights is shown (see README, Performance).
 AUTO_CPU_RUNTIME = "torch"
-_NO_GPU = "No GPU detected, running on the CPU. This can be slow; --fast helps."
 # nnunetv2 (>= 2.3.1) warns on every plans file in the format before 2.3, which most released weights use, and
 # converts it; TotalSegmentator hides the warning too.
 OLD_PLANS_WARNING = "Detected old nnU-Net plans format"
-
-
-def resolve_device(requested: str = "gpu") -> str:
-    """The device a request maps to ("cpu", "cuda:N" or "mps"), without importing torch when no GPU can exist.
-
-    Importing torch takes about two seconds; on Linux without NVIDIA device files the answer is known
-    without it, so a CPU-only run never pays for it.
-    """
-    text = (requested or "auto").strip().lower()
-    if text == "cpu":
-        return "cpu"
-    if text in ("auto", "gpu", "cuda") or text.startswith(("gpu:", "cuda:")):
-        _device_index(text)  # malformed indices fail here, GPU or not
-        if not gpu_possible():
-            if text != "auto":
-                warnings.warn(_NO_GPU, stacklevel=2)
-            return "cpu"
-    return str(select_device(requested))
-
-
-def gpu_possible() -> bool:
-    if os.name != "posix" or not Path("/dev").is_dir() or Path("/proc/driver/nvidia").exists():
-        return True
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
-
-
-def select_device(requested: str = "gpu"):
-    """Map a user device string (auto, gpu, gpu:N, cuda, cuda:N, cpu, mps) to a torch.device.
-
-    A GPU request on a machine without one falls back to the CPU with a warning, as the official
-    tool does; a malformed string raises with the valid forms.
-    """
-    import torch
-
-    text = (requested or "auto").strip().lower()
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise TotalSegmentatorError("Device 'mps' was requested but Apple MPS is not available here.")
-        return torch.device("mps")
-    if text in ("auto", "gpu", "cuda") or text.startswith(("gpu:", "cuda:")):
-        index = _device_index(text)
-        if not torch.cuda.is_available():
-            if text != "auto":
-                warnings.warn(_NO_GPU, stacklevel=2)
-            return torch.device("cpu")
-        if index >= torch.cuda.device_count():
-            raise TotalSegmentatorError(
-                f"GPU {index} was requested but only {torch.cuda.device_count()} GPU(s) are present.")
-        return torch.device(f"cuda:{index}")
-    raise TotalSegmentatorError(f"Unknown device '{requested}'. Use one of: auto, gpu, gpu:N, cpu, mps.")
-
-
-def _device_index(text: str) -> int:
-    if ":" not in text:
-        return 0
-    try:
-        return int(text.split(":", 1)[1])
-    except ValueError as err:
-        raise TotalSegmentatorError(f"Unknown device '{text}'. Use one of: auto, gpu, gpu:N, cpu, mps.") from err
 
 
 def configure_threads(device) -> None:
@@ -320,5 +257,5 @@ def tile_reporter(progress: ProgressCallback, model: int, of: int, label: str,
     return report
 
 
-__all__ = ["ModelRunner", "SlidingWindowRunner", "make_runner", "resolve_device", "select_device",
-           "configure_threads", "tile_reporter", "ignore_progress"]
+__all__ = ["ModelRunner", "SlidingWindowRunner", "make_runner", "configure_threads", "tile_reporter",
+           "ignore_progress"]
