@@ -85,7 +85,7 @@ TABLE: dict[str, Row] = {
     "robust_crop": Row("same", True, {"robust_crop": True}),
     "higher_order_resampling_LEGACY": Row("same", True, {"higher_order_resampling_legacy": True}),
     "higher_order_resampling": Row("same", True, {"higher_order_resampling": True}),
-    "save_probabilities": Row("refused", "/tmp/probabilities.npz"),
+    "save_probabilities": Row("output", "/tmp/probabilities.npz"),  # checked with the official's files
     "debug": Row("ignored", True),
     "report": Row("output", "/tmp/report.json"),
     "statistics_extra": Row("same", True, {"statistics_extra": True}),
@@ -139,7 +139,7 @@ class Recorder:
     def __init__(self) -> None:
         self.options: list[SegmentationRequest] = []
 
-    def __call__(self, image, options: SegmentationRequest, *_args) -> pipeline.Result:
+    def __call__(self, image, options: SegmentationRequest, *_args, **_kwargs) -> pipeline.Result:
         self.options.append(options)
         source = image if isinstance(image, nib.Nifti1Image) else nib.load(image)
         labels = np.zeros(source.shape, dtype=np.uint8)

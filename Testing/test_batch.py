@@ -316,6 +316,18 @@ def test_a_dicom_folder_in_a_cohort_is_written_as_the_single_case_command_writes
     assert_same_labels(out / "patient1" / "liver.nii.gz", single / "liver.nii.gz")
 
 
+def test_surfaces_of_a_cohort_are_the_single_case_commands(home, data_dir, tmp_path):
+    """-ot stl: each case folder holds one surface per structure, byte for byte what the command writes."""
+    case = write_ct(tmp_path / "cohort" / "c1.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "-ot", "stl", "--shard", "1/1", "-q"]) == 0
+    single = single_case(case, tmp_path / "single", "-ot", "stl")
+    files = sorted(p.name for p in (out / "c1").iterdir())
+    assert files == sorted(p.name for p in single.iterdir()) and len(files) == 117 and files[0].endswith(".stl")
+    assert all((out / "c1" / name).read_bytes() == (single / name).read_bytes() for name in files)
+    assert records(out)["c1"]["status"] == "done" and not leftovers(out)
+
+
 def test_a_folder_that_no_run_wrote_is_never_replaced(home, data_dir, tmp_path):
     case = write_ct(tmp_path / "cohort" / "mine.nii.gz", data_dir, 0)
     out = tmp_path / "out"

@@ -71,7 +71,7 @@ OFFICIAL_FLAGS: list[tuple[tuple[str, ...], str, Optional[tuple], str]] = [
     (("-rmb", "--remove_small_blobs"), "?", None, ACCEPTED),
     (("-d", "--device"), "1", None, ACCEPTED),
     (("-q", "--quiet"), "0", None, ACCEPTED),
-    (("-sp", "--save_probabilities"), "1", None, REFUSED),
+    (("-sp", "--save_probabilities"), "1", None, ACCEPTED),
     (("-v", "--verbose"), "0", None, ACCEPTED),
     (("--debug",), "0", None, IGNORED),
     (("-l", "--license_number"), "1", None, ACCEPTED),
@@ -111,7 +111,8 @@ MEANINGS = {
     "-v1o": (["-v1o"], {"v1_order": True}),
 }
 # Accepted flags checked by their own tests below (outputs, listings, side effects).
-CHECKED_ELSEWHERE = {"-i", "-o", "-ot", "-p", "-sa", "-ndm", "-l", "-lt", "-lc", "--version", "-r", "-rp"}
+CHECKED_ELSEWHERE = {"-i", "-o", "-ot", "-p", "-sa", "-ndm", "-l", "-lt", "-lc", "--version", "-r", "-rp",
+                     "-sp"}  # -sp: test_official_options (the official's files) and test_probabilities
 
 
 # ---------------------------------------------------------------- the table itself
@@ -178,7 +179,8 @@ def runs(monkeypatch) -> list[SegmentationRequest]:
     """pipeline.segment replaced: records the request and returns labels 1 in the middle of the image."""
     seen: list[SegmentationRequest] = []
 
-    def segment(source, options=None, progress=None, should_cancel=None, runner_factory=None):
+    def segment(source, options=None, progress=None, should_cancel=None, runner_factory=None,
+                probabilities_path=None):
         seen.append(options)
         image = imageio.read_image(source)
         task = get_task(options.task)
@@ -247,16 +249,24 @@ def test_ignored_flag_consumes_its_value_and_says_so_once(flag, ct, tmp_path, ru
     assert runs == [SegmentationRequest(multilabel=True)]
 
 
-@pytest.mark.parametrize("names", [n for n, _, _, s in OFFICIAL_FLAGS if s == REFUSED], ids=lambda n: n[0])
-def test_refused_flag_names_itself(names, ct, tmp_path, runs, capsys):
-    for typed in names:
-        value = [VALUES[names[0]]] if names[0] in VALUES else []
-        code, err = run_cli(["-i", str(ct), "-o", str(tmp_path / "seg"), typed, *value], capsys)
-        label = f"{names[0]} ({', '.join(names[1:])})" if len(names) > 1 else names[0]
-        assert code == 2
-        assert err.startswith(f"ERROR: option {label} is not supported by this implementation: ")
-        assert len(err.strip().splitlines()) == 1
-    assert not runs and not (tmp_path / "seg").exists()
+def test_totalsegmentator_refuses_no_official_flag():
+    assert cli_options.REFUSED == () and not [n for n, _, _, s in OFFICIAL_FLAGS if s == REFUSED]
+
+
+@pytest.mark.parametrize("flag", cli_options.COHORT_REFUSED, ids=lambda flag: flag.names[0])
+def test_a_cohort_refuses_a_flag_it_cannot_honour_by_name(flag, ct, tmp_path, runs, capsys):
+    """totalseg_batch takes the single-case flags; one that names one file for one case is refused, and says so."""
+    from totalseg_batch import cli as batch_cli
+
+    for typed in flag.names:
+        with pytest.raises(SystemExit) as exit_:
+            batch_cli.main(["-i", str(ct), "-o", str(tmp_path / "out"), typed, *([VALUES[flag.names[0]]]
+                                                                              if flag.takes_value else [])])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(f"ERROR: option {flag.label} is not supported by this "
+                                                        "implementation: ")
+        assert "TotalSegmentator -sp" in err and len(err.strip().splitlines()) == 1
+    assert not runs and not (tmp_path / "out").exists()
 
 
 def test_ss_is_skip_saving_not_statistics_twice(ct, tmp_path, runs, capsys):

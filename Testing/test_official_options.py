@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 from importlib.util import find_spec
 from pathlib import Path
@@ -258,6 +259,22 @@ def test_radiomics_without_pyradiomics_says_which_extra_and_why(data_dir, tmp_pa
     assert code == 2 and "radiomics needs the class-file output" in err
 
 
+@pytest.mark.parametrize("types", [("nifti", "seg_nrrd"), ("nifti", "stl"), ("stl",)])
+def test_radiomics_beside_other_outputs_is_refused_before_any_work(types, data_dir, tmp_path, monkeypatch):
+    """Regression: with several output types the NIfTI is one multilabel file, which radiomics measured as a mask."""
+    from totalseg_engine import SegmentationRequest
+    from totalseg_engine.errors import InvalidOptionError
+    from totalseg_engine.outputs import radiomics, targets
+
+    monkeypatch.setattr(radiomics, "find_spec", lambda name: object())  # as if pyradiomics were installed
+    request = SegmentationRequest(output_types=types, radiomics=True)
+    source = data_dir / "example_ct_sm.nii.gz"
+    planned = targets.planned_targets(source, tmp_path / "case", request)
+    with pytest.raises(InvalidOptionError, match="output type nifti alone"):
+        radiomics.check_can_run(source, planned, request)
+    radiomics.check_can_run(source, {"nifti": tmp_path / "folder"}, SegmentationRequest(radiomics=True))
+
+
 RADIOMICS_PYTHON = os.environ.get("TOTALSEG_RADIOMICS_PYTHON")
 """A Python with pyradiomics and the official package (``--no-deps``): pyradiomics installs on Python 3.9 only."""
 
@@ -298,7 +315,11 @@ OPTION_SETS = {
     "fast_statistics_extra_median_report": (["-f", "-s", "-sx", "-sa", "median", "-rp"], "example_ct_sm.nii.gz"),
     "skip_saving_statistics": (["--ml", "-ff", "-ss", "-s", "-ro", "0"], "example_ct_sm.nii.gz"),  # (the official
     # writes -ss -s without --ml into a folder it has not made, and fails)
+    "probabilities": (["--ml", "-f", "-sp"], "example_ct_sm.nii.gz"),
+    "probabilities_of_a_roi_crop": (["--ml", "-f", "-rs", "liver", "spleen", "-sp"], "example_ct_sm.nii.gz"),
+    "probabilities_of_the_first_slab": (["--ml", "-f", "-fs", "-sp"], "example_ct.nii.gz"),
 }
+PATH_OPTIONS = {"-rp": "report.json", "-sp": "probabilities.npz"}
 
 
 @needs_official
@@ -312,8 +333,9 @@ def test_both_tools_write_the_same_files_on_the_same_weights(name, home, data_di
         folder.mkdir()
         target = folder / ("seg.nii.gz" if "--ml" in argv else "seg")
         full = ["-i", str(source), "-o", str(target), *argv]
-        if "-rp" in full:
-            full.insert(full.index("-rp") + 1, str(folder / "report.json"))
+        for flag, name in PATH_OPTIONS.items():
+            if flag in full:
+                full.insert(full.index(flag) + 1, str(folder / name))
         if tool == "official":
             env = {"TOTALSEG_HOME_DIR": str(home), "no_proxy": "*", "PATH": "/usr/bin:/bin"}
             done = subprocess.run([str(OFFICIAL_VENV / "bin" / "TotalSegmentator"), *full, "-d", "cpu", "-q"],
@@ -337,6 +359,17 @@ def _assert_same_file(theirs: Path, mine: Path) -> None:
         assert a.shape == b.shape and np.allclose(a.affine, b.affine), theirs.name
         np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj), err_msg=theirs.name)
         assert imageio.read_label_map(a) == imageio.read_label_map(b), theirs.name
+    elif theirs.suffix == ".npz":
+        with np.load(theirs) as a, np.load(mine) as b:
+            assert a.files == b.files == ["probabilities"]
+            assert a["probabilities"].dtype == b["probabilities"].dtype and a["probabilities"].ndim == 4
+            np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
+    elif theirs.suffix == ".pkl":
+        a, b = (pickle.loads(path.read_bytes()) for path in (theirs, mine))
+        assert list(a) == list(b) and list(a["nibabel_stuff"]) == list(b["nibabel_stuff"])
+        assert all(np.array_equal(a["nibabel_stuff"][key], b["nibabel_stuff"][key]) for key in a["nibabel_stuff"])
+        assert {k: v for k, v in a.items() if k != "nibabel_stuff"} == {k: v for k, v in b.items()
+                                                                          if k != "nibabel_stuff"}
     elif theirs.name == "report.json":
         a, b = json.loads(theirs.read_text()), json.loads(mine.read_text())
         assert list(a) == list(b)

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -78,25 +79,33 @@ def view_boxes(page) -> dict[str, tuple[int, int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def cli_result(home, data_dir, tmp_path_factory):
-    """The command line's multilabel result on the same file and weights."""
-    out = tmp_path_factory.mktemp("cli") / "example_ct_total.nii.gz"
+def cli_outputs(home, data_dir, tmp_path_factory) -> Path:
+    """The command line's multilabel result and surfaces on the same file and weights (``-ot nifti stl``)."""
+    out = tmp_path_factory.mktemp("cli") / "example_ct_total"
     env = {**os.environ, "TOTALSEG_HOME_DIR": str(home)}
     subprocess.run([sys.executable, "-m", "totalseg_engine", "-i", str(data_dir / "example_ct.nii.gz"), "-o",
-                    str(out), "--ml", "--fast", "--device", "cpu"], env=env, check=True, timeout=600)
-    return imageio.read_image(out)
+                    str(out), "-ot", "nifti", "stl", "--fast", "--device", "cpu"], env=env, check=True, timeout=600)
+    return out.parent
+
+
+@pytest.fixture(scope="module")
+def cli_result(cli_outputs):
+    return imageio.read_image(cli_outputs / "example_ct_total.nii.gz")
 
 
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_upload_run_view_and_download_equal_the_command_line(browser, server, data_dir, cli_result, tmp_path):
+def test_upload_run_view_and_download_equal_the_command_line(browser, server, data_dir, cli_result, cli_outputs,
+                                                            tmp_path):
     page = new_page(browser, server)
     open_image(page, data_dir / "example_ct.nii.gz")
     before = screenshot(page, "loaded", tmp_path)
     boxes = view_boxes(page)
     assert all(coloured_pixels(before, boxes[v]) < 50 for v in ("axial", "coronal", "sagittal", "threed"))
 
+    page.click('[data-testid="surfaces"] input[type="checkbox"]')
+    page.wait_for_function("window.trame.state.get('surfaces') === true", timeout=15_000)
     run_fast(page)
     page.wait_for_selector('[data-testid="run"]:has-text("Cancel")', timeout=30_000)
     page.wait_for_selector('[data-testid="segments"]', timeout=RUN_TIMEOUT_MS)
@@ -127,6 +136,7 @@ def test_upload_run_view_and_download_equal_the_command_line(browser, server, da
                for segment in segmentation["segments"])  # every segment carries its coded terminology
     for kind in ("statistics_csv", "statistics_json"):
         assert page.query_selector(f'[data-testid="download-{kind}"]') is not None
+    check_surfaces_download(page, cli_outputs / "example_ct_total_stl", label_map, labels)
     assert page.query_selector('[data-testid="download-dicom_seg"]') is None  # only for DICOM inputs
     table = page.inner_text('[data-testid="statistics"]')
     assert all(name in table for name in shown[:10])  # a row per segment (10 to a page)
@@ -146,6 +156,17 @@ def test_upload_run_view_and_download_equal_the_command_line(browser, server, da
     page.evaluate("window.trame.state.set('opacity', 0)")
     wait_for_screen(page, lambda image: coloured_pixels(image, boxes["axial"]) < shown_axial / 10)
     page.context.close()
+
+
+def check_surfaces_download(page, cli_surfaces: Path, label_map: dict, labels: np.ndarray) -> None:
+    """The zip holds the STL of every structure found, byte for byte the command line's ``-ot stl`` file."""
+    with page.expect_download() as download:
+        page.click('[data-testid="download-surfaces_stl"]')
+    assert download.value.suggested_filename == "example_ct_total_surfaces_stl.zip"
+    with zipfile.ZipFile(download.value.path()) as archive:
+        names = sorted(archive.namelist())
+        assert names == sorted(f"{label_map[v]}.stl" for v in set(np.unique(labels)) - {0})
+        assert all(archive.read(name) == (cli_surfaces / name).read_bytes() for name in names)
 
 
 def check_probe_names_the_structure_under_the_mouse(page, box, labels: np.ndarray, label_map: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from totalseg_engine import (
+    COHORT_REFUSED,
     InvalidOptionError,
     SegmentationRequest,
     TotalSegmentatorError,
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--progress-json", action="store_true",
                         help="One JSON object per line on stdout: start, each finished case, end.")
     add_request_arguments(p, exclude=("overwrite",))  # each case is written into a staging folder of its own
-    add_reporting_options(p)
+    add_reporting_options(p, refused=COHORT_REFUSED)
     return p
 
 

@@ -28,6 +28,7 @@ from totalseg_engine import (
     ProgressEvent,
     SegmentationRequest,
     TotalSegmentatorError,
+    is_file_output,
     reuse_freed_memory,
     segment_to_files,
     switched_task,
@@ -167,8 +168,8 @@ class StageTimer:
 
 
 def case_output(case_dir: Path, ml: bool, output_types: Sequence[str]) -> Path:
-    """``-o`` for a case: its folder for class files, else ``segmentation.<suffix>`` inside it."""
-    if len(output_types) == 1 and output_types[0] == "nifti" and not ml:
+    """``-o`` for a case: its folder for class files or surfaces, else ``segmentation.<suffix>`` inside it."""
+    if len(output_types) == 1 and not is_file_output(ml, output_types[0]):
         return case_dir
     if len(output_types) > 1:
         return case_dir / OUTPUT_NAME  # the command names several outputs after this stem

@@ -11,14 +11,14 @@ the same meaning or stops before any work with an error naming the keyword, neve
 
 - :data:`NO_OPS`: tuning and debugging switches of the official implementation (threads, nora, test modes, ...)
   that change nothing in the result; accepted and ignored.
-- :data:`UNSUPPORTED`: features this engine does not have; accepted at the official default, refused with
-  :class:`InvalidOptionError` otherwise.
+
+Every other official keyword has its official meaning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import nibabel as nib
 
@@ -34,11 +34,6 @@ NO_OPS = ("nr_thr_resamp", "nr_thr_saving", "nora_tag", "crop_path", "quiet", "v
 """Official keywords without effect here: thread counts, the nora database tag, the official's crop
 mask folder (unused by its API), console chatter, its test and debug modes, and the nnU-Net plans name
 (each released model has exactly one)."""
-
-UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "save_probabilities": (None, "class probabilities are not saved"),
-}
-"""Official keyword -> (official default, why any other value cannot be honoured)."""
 
 OfficialOutputType = Union[str, Sequence[str]]
 StatisticsOption = Union[bool, str, Path]
@@ -67,19 +62,19 @@ def totalsegmentator(
     """Segment ``input``; write to ``output`` when given; return the label image (and statistics).
 
     The parameters are those of the official 2.18 ``totalsegmentator()`` in its order, so scripts written
-    for it run unchanged (:data:`NO_OPS` and :data:`UNSUPPORTED` are the official keywords that are ignored or
-    refused); the keyword-only ones are this engine's own. The returned image carries the class names in the same
+    for it run unchanged (:data:`NO_OPS` are the official keywords that are ignored); the keyword-only ones are
+    this engine's own. The returned image carries the class names in the same
     NIfTI label-table extension as the official's; with ``statistics`` (True or the path of the json to
     write) the return is ``(image, statistics)``, as in the official.
 
     ``output`` is a file for ``ml=True`` (multilabel NIfTI) or ``output_type`` "seg_nrrd", "dicom_seg" or
     "dicom_rtstruct" (the last two only for a DICOM folder or zip as input), otherwise a folder with one NIfTI
-    per class; a list of output types writes one file of each beside ``output``. Existing outputs are kept
+    per class, or for "stl" and "obj" one smoothed surface per class (LPS millimetres); a list of output types
+    writes one of each beside ``output`` (surfaces in ``<name>_stl``, ``<name>_obj``). Existing outputs are kept
     unless ``overwrite`` is set. ``runtime`` chooses what runs the network on the CPU: "auto" or
     "torch" (labels identical to the official tool's), "onnxruntime" or "openvino" (faster forward passes, not
     bit-identical), or "nnunet" (nnU-Net's own predictor, as the official package runs it).
     """
-    check_unsupported({"save_probabilities": save_probabilities})
     if radiomics and output is None:
         raise InvalidOptionError("Output path is required for radiomics.")
     if roi_subset_robust is not None:  # a roi_subset cropped with the 3 mm model
@@ -100,17 +95,9 @@ def totalsegmentator(
     stats_path = statistics_file(statistics, output, ml, request.output_types)
     case = segment_to_files(input, output, request, statistics_path=stats_path,
                             report_path=report, progress=progress, should_cancel=should_cancel,
-                            runner_factory=runner_factory)
+                            runner_factory=runner_factory, probabilities_path=save_probabilities)
     image = labelled_image(case.result)
     return (image, case.result.statistics or {}) if statistics else image
-
-
-def check_unsupported(values: Mapping[str, Any]) -> None:
-    """Refuse, before any work, an official keyword set to a value this engine cannot honour."""
-    for name, value in values.items():
-        default, reason = UNSUPPORTED[name]
-        if value != default:
-            raise InvalidOptionError(f"The keyword {name}={value!r} is not supported: {reason}.")
 
 
 def _output_types(output_type: OfficialOutputType) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import numpy as np
 from . import imageio
 from .core import pipeline
 from .inference.devices import resolve_device
+from .inference.probabilities import check_target as check_probabilities_target
 from .outputs import radiomics
 from .outputs import targets as output_targets
 from .outputs.report import run_report, write_report
@@ -49,11 +50,13 @@ class CaseResult:
 def segment_to_files(source: Source, output: Union[str, Path, None], request: SegmentationRequest, *,
                      statistics_path: Union[str, Path, None] = None, report_path: Union[str, Path, None] = None,
                      progress: ProgressCallback = ignore_progress, should_cancel: Callable[[], bool] = lambda: False,
-                     runner_factory: Optional[pipeline.RunnerFactory] = None) -> CaseResult:
+                     runner_factory: Optional[pipeline.RunnerFactory] = None,
+                     probabilities_path: Union[str, Path, None] = None) -> CaseResult:
     """Segment ``source`` (a path, or a nibabel image) and write the outputs ``request`` asks for under ``output``.
 
     ``output`` None (or ``skip_saving``) writes no segmentation; the result is returned. ``statistics_path`` is
-    where statistics.json goes instead of beside the output, ``report_path`` where the run report goes. Every
+    where statistics.json goes instead of beside the output, ``report_path`` where the run report goes,
+    ``probabilities_path`` where the class probabilities go (``--save_probabilities``). Every
     output is refused before any work when it cannot be written (see :func:`.outputs.targets.check_target`). A
     licence key in the request is stored first, as the official does, so that licensed weights can be fetched.
     """
@@ -64,9 +67,12 @@ def segment_to_files(source: Source, output: Union[str, Path, None], request: Se
     targets = {} if output is None or request.skip_saving else output_targets.planned_targets(source, output, request)
     if request.radiomics:
         radiomics.check_can_run(source, targets, request)
+    if probabilities_path is not None:
+        probabilities_path = Path(probabilities_path).expanduser().absolute()
+        check_probabilities_target(probabilities_path, request.overwrite)
     ml = request.multilabel or len(targets) > 1
     with _readable(source, targets) as readable:  # a DICOM zip is extracted once, for reading and writing
-        result = pipeline.segment(readable, request, progress, should_cancel, runner_factory)
+        result = pipeline.segment(readable, request, progress, should_cancel, runner_factory, probabilities_path)
         ordered = _in_requested_order(result, request)
         for kind, target in targets.items():
             class_files = kind == "nifti" and not ml  # named by class: the order of label values does not matter
@@ -147,8 +153,8 @@ def _statistics_file(request: SegmentationRequest, statistics_path: Union[str, P
 def _first_folder(targets: dict[str, Path], ml: bool) -> tuple[Path, bool]:
     """The folder beside which extra files go, and whether it is the class-file folder itself."""
     kind, first = next(iter(targets.items()))
-    is_class_folder = kind == "nifti" and not ml
-    return (first if is_class_folder else first.parent), is_class_folder
+    is_folder = not output_targets.is_file_output(ml, kind)  # class files, or surfaces
+    return (first if is_folder else first.parent), is_folder and kind == "nifti"
 
 
 def _write_preview(source: Source, result: pipeline.Result, targets: dict[str, Path], ml: bool,

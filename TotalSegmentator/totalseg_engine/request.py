@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 from .errors import InvalidOptionError
 from .tasks import SPEEDS
 
-OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct")
+OUTPUT_TYPES = ("nifti", "seg_nrrd", "dicom_seg", "dicom_rtstruct", "stl", "obj")
 RUNTIMES = ("auto", "onnxruntime", "openvino", "torch", "torch_compile", "nnunet")
 STATISTIC_AGGREGATIONS = ("mean", "median")
 MODEL_SIZES = ("big", "small")
@@ -156,8 +156,9 @@ class SegmentationRequest:
     output_types: tuple[str, ...] = option(
         ("nifti",), "-ot", "--output_type", kind="values", metavar="type",
         help="nifti (default), seg_nrrd (a Slicer .seg.nrrd file with names and colours), or for DICOM input "
-             "dicom_seg (DICOM SEG) or dicom_rtstruct (alias dicom; RT Structure Set), -o a .dcm file. Several "
-             "(-ot nifti dicom_seg or nifti,dicom_seg) are written side by side.")
+             "dicom_seg (DICOM SEG) or dicom_rtstruct (alias dicom; RT Structure Set), -o a .dcm file; stl or obj "
+             "(a folder of smoothed surfaces, one per structure, LPS millimetres). Several (-ot nifti dicom_seg or "
+             "nifti,dicom_seg) are written side by side.")
     multilabel: bool = option(False, "-ml", "--ml", help="Write one multilabel NIfTI file instead of a folder.")
     save_lowres: bool = option(False, "-sl", "--save_lowres",
                                help="With --fast or --fastest: write the segmentation on the model's grid (3 or 6 mm) "

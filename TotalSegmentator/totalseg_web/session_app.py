@@ -92,7 +92,7 @@ class Session:
             "max_upload_mb": self.options.max_upload_mb, "data_root_enabled": self.data_root is not None,
             "data_path": "", "data_entries": [], "modality_filter": panel_state.ALL, "task": "total",
             "task_items": [], "speed": "normal", "speed_items": [], "roi_enabled": True, "roi_items": [],
-            "roi_subset": [], "device": "auto", "device_items": [{"title": "auto", "value": "auto"}],
+            "roi_subset": [], "surfaces": False, "device": "auto", "device_items": [{"title": "auto", "value": "auto"}],
             "task_licensed": False, "license_number": "", "running": False, "progress": 0,
             "progress_message": "", "queue_message": "", "segments": [], "opacity": 1.0, "show_3d": True,
             "probe_text": "", "statistics": [], "statistics_headers": STATISTICS_HEADERS, "downloads": [],
@@ -299,7 +299,7 @@ class Session:
             self.runs += 1
             job = WebSegmentationJob(self.scene, self.volume, request, self.opened,
                                      self.folder / "results" / f"run-{self.runs}", python=sys.executable,
-                                     temp_root=self.folder)
+                                     temp_root=self.folder, surfaces=bool(self.state.surfaces))
         except (TotalSegmentatorError, ValueError, TypeError) as err:  # state values come from the browser
             return self._fail(str(err))
         job.on_progress = self._on_progress

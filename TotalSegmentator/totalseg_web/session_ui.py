@@ -77,6 +77,8 @@ def _run_section(ctrl) -> None:
                      placeholder="All structures", raw_attrs=_id("roi"))
     v3.VSelect(v_model=("device",), items=("device_items",), label="Device", density="compact", hide_details=True,
                raw_attrs=_id("device"))
+    v3.VCheckbox(v_model=("surfaces",), label="Surfaces for 3D printing (STL download)", density="compact",
+                 hide_details=True, raw_attrs=_id("surfaces"))
     v3.VTextField(v_if=("task_licensed",), v_model=("license_number",), label="Licence number",
                   density="compact", hide_details=True)
     v3.VBtn("{{ running ? 'Cancel' : 'Run' }}", color=("running ? 'error' : 'primary'",), block=True,

@@ -11,13 +11,22 @@ import csv
 import json
 import re
 import shutil
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import slicer
-from totalseg_engine import atomic_output, multi_output_paths, read_image, segment_info, split_suffix, statistics_file
+from totalseg_engine import (
+    atomic_output,
+    multi_output_paths,
+    read_image,
+    segment_info,
+    split_suffix,
+    statistics_file,
+    surface_file_has_triangles,
+)
 from totalseg_slicer import seg_nrrd, segmentation_import
 from totalseg_slicer.job import SegmentationJob
 from totalseg_slicer.job_request import JobRequest
@@ -30,18 +39,19 @@ DOWNLOAD_KINDS = {  # kind -> (file suffix, what the download link says)
     "dicom_seg": ("_seg.dcm", "DICOM SEG"),
     "statistics_csv": ("_statistics.csv", "Statistics (CSV)"),
     "statistics_json": ("_statistics.json", "Statistics (JSON)"),
+    "surfaces_stl": ("_surfaces_stl.zip", "Surfaces (STL, zip)"),
 }
 
 
 class WebSegmentationJob(SegmentationJob):
     def __init__(self, scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLScalarVolumeNode,
                  request: JobRequest, opened: OpenedInput, results_folder: Path, python: Optional[str] = None,
-                 temp_root: Optional[Path] = None) -> None:
+                 temp_root: Optional[Path] = None, surfaces: bool = False) -> None:
         request = replace(request, segmentation=replace(request.segmentation, statistics=True))
         super().__init__(scene, input_volume, None, request, python=python, temp_root=temp_root)
         self.opened = opened
         self.results_folder = results_folder
-        self.output_types = ("nifti", "dicom_seg") if opened.is_dicom else ("nifti",)
+        self.output_types = ("nifti", *(("dicom_seg",) if opened.is_dicom else ()), *(("stl",) if surfaces else ()))
         self.downloads: dict[str, Path] = {}
         self.labels: Optional[np.ndarray] = None  # on the volume's voxels (i, j, k), for "what is under the cursor"
         self.statistics: Optional[list[dict]] = None  # statistics_rows() of the engine's statistics.json
@@ -84,15 +94,28 @@ class WebSegmentationJob(SegmentationJob):
         self.results_folder.mkdir(parents=True, exist_ok=True)
         stem = f"{_file_stem(self.opened.name)}_{self.request.task}"
         target = {kind: self.results_folder / f"{stem}{suffix}" for kind, (suffix, _) in DOWNLOAD_KINDS.items()}
-        for kind, source in self._engine_files().items():
+        files = self._engine_files()
+        surfaces_folder = files.pop("stl", None)
+        for kind, source in files.items():
             if source.exists():
                 shutil.move(str(source), target[kind])
                 self.downloads[kind] = target[kind]
+        if surfaces_folder is not None:
+            self.downloads["surfaces_stl"] = zip_surfaces(surfaces_folder, target["surfaces_stl"])
         seg_nrrd.save_seg_nrrd(self.segmentation_node, target["seg_nrrd"], overwrite=True)
         self.downloads["seg_nrrd"] = target["seg_nrrd"]
         if self.statistics is not None:
             write_statistics_csv(self.statistics, target["statistics_csv"])
             self.downloads["statistics_csv"] = target["statistics_csv"]
+
+
+def zip_surfaces(folder: Path, target: Path) -> Path:
+    """The surfaces of the structures found, in one zip (the engine also writes empty ones for absent classes)."""
+    with atomic_output(target, overwrite=True) as temp, zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.glob("*.stl")):
+            if surface_file_has_triangles(path):
+                archive.write(path, path.name)
+    return target
 
 
 def _file_stem(name: str) -> str:

@@ -95,7 +95,8 @@ def _segment(args: argparse.Namespace, request: SegmentationRequest) -> int:
     request = switched_task(args.input, request)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
         case = segment_to_files(args.input, args.output, request, statistics_path=statistics_path(args),
-                                report_path=args.report, progress=_reporter(args))
+                                report_path=args.report, progress=_reporter(args),
+                                probabilities_path=args.save_probabilities)
     if not args.quiet and not args.progress_json and case.targets:
         written = ", ".join(str(path) for path in case.targets.values())
         print(f"Segmentation written to {written}", file=sys.stderr)

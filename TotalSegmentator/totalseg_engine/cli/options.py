@@ -54,9 +54,12 @@ IGNORED = (
     ForeignFlag(("--test",), "the official unit-test switch", True, int, (0, 1, 3)),
 )
 
-# Flags whose result this engine cannot produce: the run stops before any work.
-REFUSED = (
-    ForeignFlag(("-sp", "--save_probabilities"), "class probabilities are not saved", True),
+# Flags a command cannot honour: the run stops before any work. TotalSegmentator honours every official flag; a
+# cohort cannot write one probabilities file for all its cases.
+REFUSED: tuple[ForeignFlag, ...] = ()
+COHORT_REFUSED = (
+    ForeignFlag(("-sp", "--save_probabilities"), "it names one file for one case; run TotalSegmentator -sp on the "
+                "case whose probabilities you need", True),
 )
 
 
@@ -78,10 +81,10 @@ class _Refuse(argparse.Action):
         parser.exit(2, f"ERROR: option {flag.label} is not supported by this implementation: {flag.reason}.\n")
 
 
-def add_foreign_flags(parser: argparse.ArgumentParser) -> None:
-    """Register every ignored and refused official flag (hidden from --help)."""
+def add_foreign_flags(parser: argparse.ArgumentParser, refused: Sequence[ForeignFlag] = REFUSED) -> None:
+    """Register every ignored official flag and the ``refused`` ones (hidden from --help)."""
     parser.set_defaults(ignored_flags=[])
-    for flags, action in ((IGNORED, _NoteIgnored), (REFUSED, _Refuse)):
+    for flags, action in ((IGNORED, _NoteIgnored), (refused, _Refuse)):
         for flag in flags:
             extra = {"type": flag.type, "choices": flag.choices} if flag.takes_value else {}
             parser.add_argument(*flag.names, action=action, nargs=None if flag.takes_value else 0, const=flag,
@@ -112,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_request_arguments(p)
     p.add_argument("-rp", "--report", metavar="filepath", type=absolute_path,
                    help="Write a JSON run report (versions, device, task, classes, runtime, output files) here.")
+    p.add_argument("-sp", "--save_probabilities", metavar="filepath", type=absolute_path,
+                   help="Also save the class probabilities of the task's model as nnU-Net writes them: filepath "
+                        "(npz, key 'probabilities': classes x z x y x on the model's grid) and its properties "
+                        "beside it (.pkl); of a multi-model task the last part model's, as in the official.")
     p.add_argument("--progress-json", action="store_true",
                    help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
     p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
@@ -121,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_reporting_options(p: argparse.ArgumentParser) -> None:
-    """-q, -v, --version and the official flags this engine ignores or refuses (both commands take them)."""
+def add_reporting_options(p: argparse.ArgumentParser, refused: Sequence[ForeignFlag] = REFUSED) -> None:
+    """-q, -v, --version and the official flags this engine ignores or the command refuses (both commands)."""
     p.add_argument("-q", "--quiet", action="store_true", help="Print nothing but errors.")
     p.add_argument("-v", "--verbose", action="store_true", help="Show tracebacks of errors.")
     p.add_argument("--version", action="version", version=__version__)
-    add_foreign_flags(p)
+    add_foreign_flags(p, refused)
 
 
 def add_request_arguments(p: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:

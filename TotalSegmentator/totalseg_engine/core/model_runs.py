@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from .. import geometry
 from ..errors import CancelledError, TotalSegmentatorError
 from ..inference.prediction import tile_reporter  # no torch at import: models are loaded lazily
+from ..inference.probabilities import ProbabilityTarget, write_probabilities
 from ..progress import ProgressCallback, ProgressEvent
 from ..request import SegmentationRequest
 from ..tasks import Mode, ModelSpec, Task
@@ -101,8 +102,19 @@ def models_for(task: Task, mode: Mode, roi: Optional[list[str]]) -> tuple[ModelS
     return tuple(m for m in mode.models if m.classes and any(n in roi for n in m.classes.values()))
 
 
+@dataclass
+class Probabilities:
+    """``--save_probabilities`` for one task's models: every slab's labels come from nnU-Net's probabilities (as
+    in the official, where nnU-Net exports with probabilities), and those of the last model's first slab (what
+    the official's copy of ``s01.npz`` leaves) are written to ``target``."""
+
+    target: ProbabilityTarget
+    keep: bool = False  # this model's first slab is the one written
+
+
 def run_models(run: ModelRuns, task: Task, mode: Mode, data: np.ndarray, spacing: np.ndarray,
-               roi: Optional[list[str]], force_split: bool) -> np.ndarray:
+               roi: Optional[list[str]], force_split: bool,
+               probabilities: Optional[ProbabilityTarget] = None) -> np.ndarray:
     """Predict with each (part) model, split into slabs when needed, merged into task label ids."""
     models = models_for(task, mode, roi)
     plan = geometry.split_plan(data.shape, force_split, allowed=len(mode.models) > 1)
@@ -111,17 +123,19 @@ def run_models(run: ModelRuns, task: Task, mode: Mode, data: np.ndarray, spacing
     for index, spec in enumerate(models, start=1):
         run.check_cancel()
         run.emit("predict", f"Loading model {spec.dataset_id}", model=index, of=len(models))
-        part = _predict_fitting(run, spec, step, data, spacing, plan, index, len(models), task.name)
+        wanted = None if probabilities is None else Probabilities(probabilities, keep=index == len(models))
+        part = _predict_fitting(run, spec, step, data, spacing, plan, index, len(models), task.name, wanted)
         labels = _to_task_labels(part, spec, task)
         np.copyto(merged, labels, where=labels != 0)  # later parts win on overlap
     return merged
 
 
 def _predict_fitting(run: ModelRuns, spec: ModelSpec, step: float, data: np.ndarray, spacing: np.ndarray,
-                     plan: Optional[geometry.SplitPlan], index: int, of: int, label: str) -> np.ndarray:
+                     plan: Optional[geometry.SplitPlan], index: int, of: int, label: str,
+                     probabilities: Optional[Probabilities] = None) -> np.ndarray:
     """One model's labels; out of memory, again in three slabs (where it was whole), then on the CPU."""
     try:
-        return _predict_split(run, run.runner(spec, step), data, spacing, plan, index, of, label)
+        return _predict_split(run, run.runner(spec, step), data, spacing, plan, index, of, label, probabilities)
     except Exception as err:
         if not is_out_of_memory(err):
             raise
@@ -132,7 +146,8 @@ def _predict_fitting(run: ModelRuns, spec: ModelSpec, step: float, data: np.ndar
         warnings.warn(message, OutOfMemoryWarning, stacklevel=3)
         run.emit("predict", message, model=index, of=of)
         try:
-            return _predict_split(run, run.runner(spec, step, on_cpu), data, spacing, slabs, index, of, label)
+            return _predict_split(run, run.runner(spec, step, on_cpu), data, spacing, slabs, index, of, label,
+                                  probabilities)
         except Exception as err:
             if not is_out_of_memory(err):
                 raise
@@ -173,15 +188,31 @@ def _release_gpu_memory() -> None:
 
 
 def _predict_split(run: ModelRuns, runner: Runner, data: np.ndarray, spacing: np.ndarray,
-                   plan: Optional[geometry.SplitPlan], index: int, of: int, label: str) -> np.ndarray:
+                   plan: Optional[geometry.SplitPlan], index: int, of: int, label: str,
+                   probabilities: Optional[Probabilities] = None) -> np.ndarray:
     if plan is None:
         report = tile_reporter(run.progress, index, of, label, run.should_cancel)
-        return runner.predict([data], spacing, report)
+        return _predict(runner, data, spacing, report, probabilities)
     out = np.zeros(data.shape, dtype=np.uint8)
     for number, ((keep, dest), slab) in enumerate(zip(plan.keep(), plan.slabs(data.shape[2])), start=1):
         report = tile_reporter(run.progress, index, of, f"{label} (slab {number}/3)", run.should_cancel)
-        out[:, :, dest] = runner.predict([data[:, :, slab]], spacing, report)[:, :, keep]
+        first = probabilities if probabilities is None or number == 1 else replace(probabilities, keep=False)
+        out[:, :, dest] = _predict(runner, data[:, :, slab], spacing, report, first)[:, :, keep]
     return out
+
+
+def _predict(runner: Runner, data: np.ndarray, spacing: np.ndarray, report: Callable[[int, int], None],
+             probabilities: Optional[Probabilities]) -> np.ndarray:
+    """One image's labels; with ``probabilities``, through nnU-Net's probabilities (written where kept)."""
+    if probabilities is None:
+        return runner.predict([data], spacing, report)
+    if not hasattr(runner, "predict_with_probabilities"):
+        raise TotalSegmentatorError(f"{type(runner).__name__} cannot return class probabilities.")
+    target = probabilities.target
+    labels, values, properties = runner.predict_with_probabilities([data], spacing, target.affine, report)
+    if probabilities.keep:
+        write_probabilities(target, values, properties)
+    return labels
 
 
 def _to_task_labels(part: np.ndarray, spec: ModelSpec, task: Task) -> np.ndarray:

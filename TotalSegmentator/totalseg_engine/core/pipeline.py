@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import geometry, imageio
 from ..errors import InvalidOptionError, UnknownTaskError
+from ..inference.probabilities import ProbabilityTarget
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from ..request import SegmentationRequest
 from ..tasks import Mode, ModelSpec, Task, get_task
@@ -50,6 +51,8 @@ class _Extras:
     blobs_mm3: Optional[float] = None
     legacy_upsampling: bool = False  # --higher_order_resampling_LEGACY: each label's mask interpolated linearly
     keep_lowres: bool = False  # --save_lowres: the labels stay on the model's grid
+    probabilities: Optional[Path] = None  # --save_probabilities: where the class probabilities go
+    overwrite: bool = True  # whether an existing probabilities file may be replaced
 
 
 PLAIN = _Extras()
@@ -64,10 +67,13 @@ class _Prediction:
 
 def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[SegmentationRequest] = None,
             progress: ProgressCallback = ignore_progress, should_cancel: Callable[[], bool] = lambda: False,
-            runner_factory: Optional[RunnerFactory] = None) -> Result:
+            runner_factory: Optional[RunnerFactory] = None, probabilities_path: Union[str, Path, None] = None
+            ) -> Result:
     """Segment an image (path or nibabel image) as ``request`` asks and return labels on the input's own grid.
 
     Only what the segmentation depends on is read from the request; its output options are for the caller.
+    ``probabilities_path``: also write the class probabilities of the task's model there, as nnU-Net writes them
+    (see :mod:`..inference.probabilities`), under the request's overwrite policy.
     """
     request = request or SegmentationRequest()
     task = get_task(request.task)
@@ -90,7 +96,8 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
     label_map = _output_label_map(task, roi)
     refine_mask = _refine_mask(run, task, working)
     main = _Extras(request.higher_order_resampling, request.force_split, request.remove_small_blobs,
-                   request.higher_order_resampling_legacy, keep_lowres)
+                   request.higher_order_resampling_legacy, keep_lowres,
+                   None if probabilities_path is None else Path(probabilities_path), request.overwrite != "never")
     prediction = _predict_task(run, task, mode, working, crop, roi, main)
     grid = geometry.reoriented_like(prediction.lowres_image, original) if keep_lowres else original
     labels = np.asanyarray(geometry.reoriented_like(
@@ -270,8 +277,10 @@ def _predict_task(run: ModelRuns, task: Task, mode: Mode, working: nib.Nifti1Ima
     run.emit("resample", f"Resampling to {spacing} mm" if spacing else "Preparing image")
     model_input = geometry.resample_image(canonical, spacing, order=run.request.resampling_order) if spacing \
         else canonical
+    probabilities = None if extras.probabilities is None else \
+        ProbabilityTarget(extras.probabilities, model_input.affine, extras.overwrite)
     labels = run_models(run, task, mode, np.asanyarray(model_input.dataobj), geometry.header_spacing(model_input),
-                        roi, extras.force_split)
+                        roi, extras.force_split, probabilities)
     run.check_cancel()
     run.emit("postprocess", "Postprocessing")
     labels = postprocessing.postprocess(labels, task.name, geometry.header_spacing(model_input), extras.blobs_mm3)

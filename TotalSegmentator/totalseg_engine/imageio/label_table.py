@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Iterable, Mapping, Union
 
 import nibabel as nib
 import numpy as np
@@ -54,6 +54,14 @@ def _check_file_name(name: str) -> None:
     """Refuse class names that would leave the output folder or be no file name at all."""
     if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
         raise ValueError(f"Class name {name!r} cannot be used as a file name.")
+
+
+def check_class_file_names(names: Iterable[str]) -> None:
+    """Refuse class names that cannot each name a file of their own in one folder."""
+    names = list(names)
+    for name in names:
+        _check_file_name(name)
+    check_unique([name.lower() for name in names], "class names (file names ignore case on some systems)")
 
 
 def _caret_label(label: int, name: str) -> str:
@@ -108,10 +116,7 @@ def write_class_files(data: np.ndarray, ref_img: nib.Nifti1Image, label_map: Map
 
     The folder appears complete or not at all (see :func:`atomic_output` for existing folders).
     """
-    names = list(label_map.values())
-    for name in names:
-        _check_file_name(name)
-    check_unique([name.lower() for name in names], "class names (file names ignore case on some systems)")
+    check_class_file_names(label_map.values())
     labels = label_array(data, ref_img, 255)
     with atomic_output(out_dir, overwrite, directory=True) as temp:
         for label, name in label_map.items():

@@ -30,7 +30,7 @@ from .. import geometry
 from ..errors import CancelledError, TotalSegmentatorError
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from ..request import RUNTIMES
-from . import allocator, runtimes, sliding_window
+from . import allocator, probabilities, runtimes, sliding_window
 from .cpu import cpu_threads
 from .nnunet_plans import read_model_plans
 
@@ -108,6 +108,32 @@ class ModelRunner:
             self._predictor.on_tile = None
         return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
 
+    def predict_with_probabilities(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
+                                   affine: np.ndarray, on_tile: Optional[Callable[[int, int], None]] = None
+                                   ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Labels (x, y, z), class probabilities (classes, z, y, x) and nnU-Net's properties of the image, as
+        nnU-Net's export computes them with ``save_probabilities`` (labels from the probabilities' argmax)."""
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        image = geometry.to_nnunet(channels, spacing_xyz)
+        predictor = self._predictor
+        properties = {"nibabel_stuff": probabilities.reader_properties(affine, image.data.shape[1:][::-1]),
+                      "spacing": list(image.spacing_zyx)}
+        adapter = PreprocessAdapterFromNpy([image.data], [None], [properties], [None], predictor.plans_manager,
+                                           predictor.dataset_json, predictor.configuration_manager,
+                                           num_threads_in_multithreaded=1, verbose=False)
+        prepared = next(adapter)
+        predictor.on_tile = on_tile
+        try:
+            logits = predictor.predict_logits_from_preprocessed_data(prepared["data"]).cpu()
+        finally:
+            predictor.on_tile = None
+        labels, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+            prepared["data_properties"], return_probabilities=True)
+        return geometry.from_nnunet(labels).astype(np.uint8, copy=False), probs, prepared["data_properties"]
+
 
 class SlidingWindowRunner:
     """One model on the CPU: nnU-Net's inference steps in NumPy around a torch or ONNX Runtime forward pass.
@@ -154,7 +180,14 @@ class SlidingWindowRunner:
                                                    on_tile, self._casts)
         return geometry.from_nnunet(labels).astype(np.uint8, copy=False)
 
+    def predict_with_probabilities(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float],
+                                   affine: np.ndarray, on_tile: Optional[Callable[[int, int], None]] = None
+                                   ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Through nnU-Net's own predictor (see :meth:`ModelRunner.predict_with_probabilities`)."""
+        return self._resampling().predict_with_probabilities(channels, spacing_xyz, affine, on_tile)
+
     def _resampling(self) -> ModelRunner:
+        """nnU-Net's predictor on the CPU for what this runner does not do itself (resampling, probabilities)."""
         if self._resampling_runner is None:
             import torch
 

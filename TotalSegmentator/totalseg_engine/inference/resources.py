@@ -11,7 +11,7 @@ The estimate (bytes) is, per model run, what our benchmarks show the peak to be 
   label maps on the input's grid), and per voxel at the model's spacing the class sums in float16 plus the window
   weights (``2 * classes + 8``).
 
-Against those three peaks the estimate gives 4.4, 4.5 and 6.5 GiB (``Testing/test_resources.py``).
+Against those three peaks the estimate gives 4.4, 4.5 and 6.5 GiB (``Testing/test_devices_and_memory.py``).
 
 The panel asks before a run (``python -m totalseg_engine.inference.resources``, a child process, so that Slicer
 never imports torch), and offers fast mode or split processing when it will not fit; the command line warns once.

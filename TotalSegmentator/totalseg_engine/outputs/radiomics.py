@@ -39,9 +39,9 @@ def check_can_run(source: Source, targets: dict[str, Path], request: Segmentatio
     """Refuse radiomics before any work where it cannot run: no pyradiomics, no class files, a DICOM input."""
     if find_spec("radiomics") is None:
         raise InvalidOptionError(NOT_INSTALLED)
-    if request.multilabel or "nifti" not in targets:
+    if request.multilabel or list(targets) != ["nifti"]:
         raise InvalidOptionError("radiomics measures the class files: give an output folder with output type nifti "
-                                 "and no --ml.")
+                                 "alone and no --ml.")
     if not isinstance(source, nib.Nifti1Image) and (Path(source).is_dir() or str(source).lower().endswith(".zip")):
         raise InvalidOptionError("radiomics is not supported for DICOM input (as in the official); convert the "
                                  "series to NIfTI first.")

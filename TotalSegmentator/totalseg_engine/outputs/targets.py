@@ -17,12 +17,14 @@ import nibabel as nib
 from .. import imageio
 from ..errors import InvalidOptionError, OutputExistsError
 from ..request import OUTPUT_TYPES, SegmentationRequest
+from . import surfaces
 
 Source = Union[str, Path, nib.Nifti1Image]
 DICOM_OUTPUT_TYPES = ("dicom_seg", "dicom_rtstruct")
 FILE_OUTPUT_TYPES = ("seg_nrrd", *DICOM_OUTPUT_TYPES)
+SURFACE_OUTPUT_TYPES = ("stl", "obj")  # folders of one surface per structure, whatever --ml says
 MULTI_OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "seg_nrrd": ".seg.nrrd", "dicom_seg": "_seg.dcm",
-                         "dicom_rtstruct": "_rtstruct.dcm"}
+                         "dicom_rtstruct": "_rtstruct.dcm", "stl": "_stl", "obj": "_obj"}
 DICOM_INPUT_NEEDED = "To use output type dicom_rtstruct or dicom_seg you also have to use a Dicom image as input."
 # Python modules each DICOM output needs beyond the engine's own (pip names in the message).
 DICOM_OUTPUT_MODULES = {"dicom_seg": {"highdicom": "highdicom"},
@@ -59,8 +61,8 @@ def multi_output_paths(output: Path, types: Sequence[str], task: str) -> dict[st
 
 
 def is_file_output(ml: bool, output_type: str) -> bool:
-    """Whether an output is one file (else a folder of class files)."""
-    return ml or output_type in FILE_OUTPUT_TYPES
+    """Whether an output is one file (else a folder of class files or of surfaces)."""
+    return output_type in FILE_OUTPUT_TYPES or (ml and output_type == "nifti")
 
 
 def statistics_file(statistics: Union[bool, str, Path], output: Optional[Path], ml: bool,
@@ -72,8 +74,7 @@ def statistics_file(statistics: Union[bool, str, Path], output: Optional[Path], 
         return None
     if len(types) > 1:
         return (output if output.is_dir() else output.parent) / "statistics.json"
-    beside = ml or types[0] in FILE_OUTPUT_TYPES
-    return (output.parent if beside else output) / "statistics.json"
+    return (output.parent if is_file_output(ml, types[0]) else output) / "statistics.json"
 
 
 def planned_targets(source: Source, output: Path, request: SegmentationRequest) -> dict[str, Path]:
@@ -84,6 +85,8 @@ def planned_targets(source: Source, output: Path, request: SegmentationRequest) 
     for kind, path in paths.items():
         check_target(source, path, kind, request.multilabel or several, request.overwrite)
         check_dicom_output(source, kind)
+        if kind in SURFACE_OUTPUT_TYPES:
+            surfaces.check_available()
     return paths
 
 
@@ -97,6 +100,9 @@ def check_target(source: Source, path: Path, kind: str, ml: bool, policy: str) -
         raise InvalidOptionError(f"Unknown output type '{kind}'. Valid: {', '.join(OUTPUT_TYPES)}.")
     if _is_input(source, path):
         raise InvalidOptionError(f"Output {path} is the input itself; choose another output path.")
+    if kind in SURFACE_OUTPUT_TYPES and (path.is_file() or path.suffix.lower() in (".stl", ".obj")):
+        raise InvalidOptionError(f"Output {path}: output type {kind} writes a folder with one .{kind} file per "
+                                 f"structure; give a folder name, such as {path.parent / path.stem}_{kind}.")
     if policy == "outputs" and path.is_file() and not is_segmentation_file(path, kind, ml):
         raise OutputExistsError(f"{path} exists and is not a segmentation output; choose another output "
                                 f"path, or pass --overwrite to replace it anyway.")

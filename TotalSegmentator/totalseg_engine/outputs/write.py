@@ -1,5 +1,6 @@
 """Writing a segmentation in each output format, atomically: NIfTI (class files or multilabel), Slicer's
-``.seg.nrrd``, and for DICOM inputs DICOM SEG or an RT Structure Set referencing the input series."""
+``.seg.nrrd``, surfaces (STL or OBJ), and for DICOM inputs DICOM SEG or an RT Structure Set referencing the input
+series."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from .. import imageio, terminology
 from ..core.pipeline import Result
 from ..errors import InvalidOptionError
-from .targets import DICOM_INPUT_NEEDED, DICOM_OUTPUT_TYPES, Source, is_dicom_input
+from .targets import DICOM_INPUT_NEEDED, DICOM_OUTPUT_TYPES, SURFACE_OUTPUT_TYPES, Source, is_dicom_input
 
 
 def write_result(result: Result, output: Path, ml: bool, output_type: str, overwrite: bool,
@@ -21,6 +22,10 @@ def write_result(result: Result, output: Path, ml: bool, output_type: str, overw
     DICOM folder or zip, whose instances they reference)."""
     if output_type in DICOM_OUTPUT_TYPES:
         _write_dicom(result, output, output_type, overwrite, source)
+    elif output_type in SURFACE_OUTPUT_TYPES:
+        from .surfaces import write_surfaces
+
+        write_surfaces(result.data, result.image, result.label_map, output, output_type, overwrite=overwrite)
     elif output_type == "seg_nrrd":
         present = {int(v) for v in np.unique(result.data)} & set(result.label_map)
         segments = segment_infos({k: v for k, v in result.label_map.items() if k in present})
