@@ -8,6 +8,7 @@ folders with small networks. Every batch output is compared with the single-case
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -262,6 +264,65 @@ def _wait_for_workers(address: str, count: int) -> None:
 
     with Client(address, timeout="30s") as client:
         client.wait_for_workers(count, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------------
+# When things go wrong: lost workers, no workers, two runs in one folder, read-only and full disks
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only_folder(tmp_path: Path):
+    """A folder no run may write to, and how to run totalseg_batch there: a read-only bind mount (as root, with the
+    privilege to mount), else a root-owned folder and the command as the unprivileged user nobody."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("x")
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0:
+        try:
+            remounted = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+            if remounted.returncode == 0:
+                yield folder, {}
+                return
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+    if os.geteuid() != 0:
+        pytest.skip("neither a read-only bind mount nor running as another user is possible here")
+    shared = Path(tempfile.mkdtemp(prefix="totalseg-readonly-"))  # outside pytest's private (0700) folders
+    try:
+        shared.chmod(0o755)
+        (shared / "kept.txt").write_text("x")
+        yield shared, {"user": "nobody"}
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_an_unwritable_output_folder_is_a_bad_option(home, data_dir, tmp_path):
+    case = data_dir / "example_ct_sm.nii.gz"  # readable by anyone
+    with read_only_folder(tmp_path) as (folder, how):
+        for outdir in (folder, folder / "out"):
+            run = subprocess.run([sys.executable, "-m", "totalseg_batch.cli", "-i", str(case), "-o", str(outdir),
+                                  *FAST, "-q"], capture_output=True, text=True, timeout=300, **how)
+            assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+            assert f"Cannot write to {outdir}" in run.stderr, run.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["kept.txt"]
+
+
+@pytest.mark.parametrize("option", [["--max-attempts", "0"], ["--workers", "0"], ["--cases-per-worker", "0"]])
+def test_a_bad_cohort_option_leaves_nothing_behind(home, data_dir, tmp_path, option, capsys):
+    case = write_ct(tmp_path / "ct.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, *option]) == 2
+    assert option[0] in capsys.readouterr().err and not out.exists()
+
+
+def test_input_paths_are_stored_normalised(data_dir, tmp_path):
+    case = write_ct(tmp_path / "in" / "c1.nii.gz", data_dir, 0)
+    (tmp_path / "p2").mkdir()
+    assert batch_cases.find_cases([tmp_path / "p2" / ".." / "in" / "c1.nii.gz"])[0].source == str(case)
+    listing = tmp_path / "p2" / "list.txt"
+    listing.write_text("../p2/../in/c1.nii.gz\n")
+    assert batch_cases.find_cases([listing])[0].source == str(case)
 
 
 # --------------------------------------------------------------------------------------------------

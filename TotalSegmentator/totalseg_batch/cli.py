@@ -3,14 +3,16 @@
 Every case is written to ``OUTDIR/<case id>/`` exactly as ``TotalSegmentator -i <case> -o OUTDIR/<case id>``
 writes it (``segmentation.*`` inside it for file outputs). A re-run with the same options skips finished
 cases; exit status 0 when every case of the cohort is done, 1 when any failed (now or before), 2 for bad
-options, 130 when interrupted.
+options (an output folder that cannot be written too), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -96,14 +98,14 @@ def options_key(request: SegmentationRequest) -> str:
 
 
 def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
-    outdir = args.outdir.expanduser().absolute()
-    if outdir.exists() and not outdir.is_dir():
-        raise InvalidOptionError(f"-o {outdir} is a file; give the folder that receives the cases.")
+    _check_cohort_options(args)
+    outdir = batch_cases.normal_path(args.outdir)
+    _check_output_folder(outdir)
     cases = batch_cases.find_cases(args.inputs)
     if args.shard:
         cases = batch_cases.shard(cases, args.shard)
     _ensure_weights(request)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(outdir)
     with _exclusive(outdir, args.shard):
         manifest = batch_manifest.Manifest(outdir)
         previous = manifest.load()
@@ -136,13 +138,53 @@ def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
     return 1 if incomplete else 0
 
 
-def _cluster(args: argparse.Namespace, request: SegmentationRequest) -> tuple[batch.ClusterSpec, Optional[int]]:
-    """The cluster to run on and the torch threads per worker (None: the worker's own setting)."""
+def _check_cohort_options(args: argparse.Namespace) -> None:
+    """The cohort options' values, before anything is read or written."""
     if args.max_attempts < 1:
         raise InvalidOptionError("--max-attempts must be at least 1.")
     for name in ("workers", "cases_per_worker", "threads_per_worker"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.shard:
+        batch_cases.parse_shard(args.shard)
+
+
+def _check_output_folder(outdir: Path) -> None:
+    """-o is a folder this process may write (or create), before any case is read."""
+    if outdir.exists() and not outdir.is_dir():
+        raise InvalidOptionError(f"-o {outdir} is a file; give the folder that receives the cases.")
+    if outdir.is_dir():
+        _check_writable(outdir)
+        return
+    existing = next(parent for parent in outdir.parents if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):  # created only once the options and weights are checked
+        raise _unwritable(outdir, f"{existing} is not writable (read-only, or not yours)")
+
+
+def _make_output_folder(outdir: Path) -> None:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(outdir, err.strerror or str(err)) from None
+    _check_writable(outdir)
+
+
+def _check_writable(outdir: Path) -> None:
+    """Create and remove a file in ``outdir``: what the run does, and the only answer a read-only mount gives."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".totalseg_batch-", suffix=".probe", dir=outdir)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise _unwritable(outdir, err.strerror or str(err)) from None
+
+
+def _unwritable(outdir: Path, why: str) -> InvalidOptionError:
+    return InvalidOptionError(f"Cannot write to {outdir}: {why}. Choose an output folder you can write to (-o).")
+
+
+def _cluster(args: argparse.Namespace, request: SegmentationRequest) -> tuple[batch.ClusterSpec, Optional[int]]:
+    """The cluster to run on and the torch threads per worker (None: the worker's own setting)."""
     if args.scheduler:
         return batch.ClusterSpec(args.scheduler, max_attempts=args.max_attempts), args.threads_per_worker
     gpus = gpu_count() if request.device.lower() not in ("cpu", "mps") else 0
