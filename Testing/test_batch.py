@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -224,51 +225,176 @@ def test_a_case_whose_workers_all_die_is_recorded_as_failed_and_the_rest_complet
     assert records(out)["b"]["status"] == "done" and not (out / "a").exists() and leftovers(out) == []
 
 
-def test_an_existing_scheduler_runs_the_cohort(home, data_dir, tmp_path):
-    """``--scheduler`` against a ``dask scheduler`` and a ``dask worker`` started as programs on 127.0.0.1."""
-    dask_program = Path(sys.executable).parent / "dask"
-    if not dask_program.exists():
-        pytest.skip("the dask command is not installed beside this Python")
-    scheduler_file = tmp_path / "scheduler.json"
-    common = ["--no-dashboard"]
-    scheduler = subprocess.Popen([str(dask_program), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--scheduler-file", str(scheduler_file), *common],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
-    try:
+class DaskPrograms:
+    """A ``dask scheduler`` and ``dask worker`` programs on 127.0.0.1. Each worker program runs in a process group
+    of its own (its nanny and the worker process the nanny starts), so that it can be killed whole."""
+
+    def __init__(self, folder: Path) -> None:
+        self.dask = Path(sys.executable).parent / "dask"
+        if not self.dask.exists():
+            pytest.skip("the dask command is not installed beside this Python")
+        folder.mkdir(parents=True)
+        self.folder = folder
+        scheduler_file = folder / "scheduler.json"
+        self.log = (folder / "scheduler.log").open("w")
+        self.scheduler = subprocess.Popen([str(self.dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                           "--scheduler-file", str(scheduler_file), "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=self.log)
+        self.workers: list[subprocess.Popen] = []
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        worker = subprocess.Popen([str(dask_program), "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                   "--host", "127.0.0.1", *common],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-        _wait_for_workers(address, 1)
-        case = write_ct(tmp_path / "cohort" / "one.nii.gz", data_dir, 0)
-        out = tmp_path / "out"
-        assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--scheduler", address, "-q"]) == 0
-        record = records(out)["one"]
-        assert record["status"] == "done" and record["worker"].split(":")[1] != str(os.getpid())
-        assert_same_labels(out / "one" / "segmentation.nii.gz",
-                           single_case(case, tmp_path / "single.nii.gz", "--ml"))
-    finally:
-        for process in (worker, scheduler):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        assert self.address.startswith("tcp://127.0.0.1:")
+
+    def start_workers(self, count: int) -> None:
+        """``count`` more worker programs of one thread each; returns once the scheduler has them all."""
+        for _ in range(count):
+            self.workers.append(subprocess.Popen(
+                [str(self.dask), "worker", self.address, "--nworkers", "1", "--nthreads", "1", "--host",
+                 "127.0.0.1", "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ), start_new_session=True))
+        self.wait_for_workers(len(self.workers))
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker program, nannies and worker processes; returns once the scheduler has none."""
+        for worker in self.workers:
+            os.killpg(worker.pid, signal.SIGKILL)
+        for worker in self.workers:
+            worker.wait(timeout=30)
+            assert group_left_after(worker.pid, 30) == []
+        self.workers = []
+        self.wait_for_workers(0)
+
+    def wait_for_workers(self, count: int, timeout: float = 120) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            deadline = time.monotonic() + timeout
+            while len(client.nthreads()) != count:
+                assert time.monotonic() < deadline, f"the scheduler has {len(client.nthreads())} workers, not {count}"
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        self.scheduler.terminate()
+        self.scheduler.wait(timeout=30)
+        self.log.close()
 
 
-def _wait_for_workers(address: str, count: int) -> None:
-    from distributed import Client
+@pytest.fixture
+def dask_programs(home, tmp_path):
+    """A scheduler without workers (``start_workers`` adds them), seeing the weights home of ``home``."""
+    programs = DaskPrograms(tmp_path / "dask")
+    yield programs
+    programs.close()
 
-    with Client(address, timeout="30s") as client:
-        client.wait_for_workers(count, timeout=60)
+
+class Driver:
+    """``totalseg_batch`` as a program, in a process group of its own, its stderr read line by line as it runs."""
+
+    def __init__(self, *argv: object) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "totalseg_batch.cli", *map(str, argv)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self._reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """The first line matching ``pattern``, waiting up to ``timeout`` s for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            assert self.process.poll() is None or self._reader.is_alive(), \
+                f"the driver ended ({self.process.returncode}) without printing {pattern!r}:\n{self.text}"
+            time.sleep(0.05)
+        raise AssertionError(f"no line matched {pattern!r} in {timeout} s:\n{self.text}")
+
+    def done_cases(self) -> set[str]:
+        """The cases the driver has reported done so far."""
+        return {m.group(1) for line in list(self.lines) if (m := re.search(r"^\[\d+/\d+\] (\S+) done", line))}
+
+    def finish(self, timeout: float) -> int:
+        """The exit status, waiting up to ``timeout`` s for it."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def test_an_existing_scheduler_runs_the_cohort(dask_programs, data_dir, tmp_path):
+    """``--scheduler`` against a ``dask scheduler`` and a ``dask worker`` started as programs on 127.0.0.1."""
+    dask_programs.start_workers(1)
+    case = write_ct(tmp_path / "cohort" / "one.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "-q"]) == 0
+    record = records(out)["one"]
+    assert record["status"] == "done" and record["worker"].split(":")[1] != str(os.getpid())
+    assert_same_labels(out / "one" / "segmentation.nii.gz", single_case(case, tmp_path / "single.nii.gz", "--ml"))
 
 
 # --------------------------------------------------------------------------------------------------
 # When things go wrong: lost workers, no workers, two runs in one folder, read-only and full disks
 # --------------------------------------------------------------------------------------------------
+
+
+def test_a_shard_is_refused_while_a_whole_cohort_run_works_in_its_folder(dask_programs, data_dir, tmp_path):
+    """Before: the shard computed every case while the whole-cohort run waited for a worker, which then found the
+    folders the shard wrote and failed them."""
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"w{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address)
+    try:
+        driver.wait_for(r"Dask scheduler .*0 workers", 120)  # it holds the folder, waiting for a worker
+        shard = subprocess.run([sys.executable, "-m", "totalseg_batch.cli", "-i", str(cohort), "-o", str(out), *FAST,
+                                "--ml", "--shard", "1/1", "-q"], capture_output=True, text=True, timeout=300)
+        assert shard.returncode == 2 and "Another totalseg_batch run" in shard.stderr, shard.stderr
+        assert not (out / "w0").exists() and list(out.glob("manifest*")) == []
+        dask_programs.start_workers(1)
+        code = driver.finish(600)
+    finally:
+        driver.kill()
+    assert code == 0, driver.text
+    assert all(record["attempts"] == 1 and "lost_attempts" not in record for record in records(out).values())
+
+
+def test_one_locking_rule_for_whole_cohort_runs_and_shards(home, data_dir, tmp_path, capsys):
+    """Runs in one folder never share a case: a shard excludes a whole-cohort run and any slice of another N; slices
+    of the same N run side by side."""
+    from totalseg_batch import locking as batch_locking
+
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"s{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-q"]
+    with batch_locking.exclusive(out, "1/2"):  # as a --shard 1/2 run holds it
+        for extra in ([], ["--shard", "1/3"], ["--shard", "1/2"]):
+            assert batch_cli.main(argv + extra) == 2, extra
+            assert "Another totalseg_batch run" in capsys.readouterr().err
+        assert batch_cli.main(argv + ["--shard", "2/2"]) == 0  # the other slice of the same cohort
+    assert set(records(out)) == {"s1"}
+    with batch_locking.exclusive(out, None):  # as a whole-cohort run holds it
+        assert batch_cli.main(argv + ["--shard", "1/2"]) == 2
+        assert "Another totalseg_batch run" in capsys.readouterr().err
 
 
 @contextlib.contextmanager

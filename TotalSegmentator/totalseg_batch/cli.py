@@ -3,18 +3,17 @@
 Every case is written to ``OUTDIR/<case id>/`` exactly as ``TotalSegmentator -i <case> -o OUTDIR/<case id>``
 writes it (``segmentation.*`` inside it for file outputs). A re-run with the same options skips finished
 cases; exit status 0 when every case of the cohort is done, 1 when any failed (now or before), 2 for bad
-options (an output folder that cannot be written too), 130 when interrupted.
+options (an output folder that cannot be written, or one another run works in, too), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from totalseg_engine import (
     InvalidOptionError,
@@ -30,13 +29,13 @@ from totalseg_engine import (
 
 from . import cases as batch_cases
 from . import cluster as batch
+from . import locking as batch_locking
 from . import manifest as batch_manifest
 from .progress import CohortProgress
 from .worker import CaseRequest
 
 # Options that do not change a case's segmentation: a re-run that changes only these skips finished cases.
 NOT_IN_OPTIONS_KEY = ("device", "download")  # the licence key is never in the options at all
-LOCK = ".totalseg_batch.lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +105,7 @@ def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
         cases = batch_cases.shard(cases, args.shard)
     _ensure_weights(request)
     _make_output_folder(outdir)
-    with _exclusive(outdir, args.shard):
+    with batch_locking.exclusive(outdir, args.shard):
         manifest = batch_manifest.Manifest(outdir)
         previous = manifest.load()
         key = options_key(request)
@@ -199,24 +198,6 @@ def _cluster(args: argparse.Namespace, request: SegmentationRequest) -> tuple[ba
 def _ensure_weights(request: SegmentationRequest) -> None:
     """Check the options and fetch missing weights once, here, before any worker starts (not once per worker)."""
     ensure_weights(required_models(request), download=request.download, task=request.task)
-
-
-@contextlib.contextmanager
-def _exclusive(outdir: Path, shard: Optional[str]) -> Iterator[None]:
-    """One whole-cohort run per output folder at a time (shards share it by design)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; documented
-        yield
-        return
-    name = LOCK if not shard else f"{LOCK}.shard-{shard.replace('/', '-of-')}"
-    with (outdir / name).open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InvalidOptionError(f"Another totalseg_batch run is writing to {outdir}; wait for it to end, "
-                                     f"or choose another -o.") from None
-        yield
 
 
 def run() -> None:
