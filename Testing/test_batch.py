@@ -353,6 +353,112 @@ def test_an_existing_scheduler_runs_the_cohort(dask_programs, data_dir, tmp_path
 # --------------------------------------------------------------------------------------------------
 
 
+def test_every_finished_case_stays_done_when_every_worker_is_lost(dask_programs, data_dir, tmp_path):
+    """All workers SIGKILLed after some cases finished, two new ones started: the scheduler lost the results it held
+    (recomputed them on the new workers, which found the case folders and failed); the finished cases stay done."""
+    cohort = tmp_path / "cohort"
+    for index in range(6):
+        write_ct(cohort / f"c{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    dask_programs.start_workers(2)
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address)
+    try:
+        first = driver.wait_for(r"^\[\d+/6\] (\S+) done", 300).group(1)
+        dask_programs.kill_workers()
+        done_before = driver.done_cases()
+        dask_programs.start_workers(2)
+        code = driver.finish(600)
+    finally:
+        driver.kill()
+    assert code == 0 and "6 succeeded, 0 failed, 0 skipped" in driver.text, driver.text
+    final = records(out)
+    assert {case_id: record["status"] for case_id, record in final.items()} == {
+        f"c{index}": "done" for index in range(6)}, driver.text
+    for case_id in done_before:  # recorded once, by the worker that finished it before the workers were lost
+        assert final[case_id]["attempts"] == 1 and "lost_attempts" not in final[case_id]
+    assert len(manifest_lines(out)) == 6 and list(out.glob("manifest.*.jsonl")) == [] and leftovers(out) == []
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "-q"]) == 0  # a re-run finds the cohort complete
+    assert_same_labels(out / first / "segmentation.nii.gz",
+                       single_case(cohort / f"{first}.nii.gz", tmp_path / "single.nii.gz", "--ml"))
+
+
+def test_a_finished_case_computed_again_returns_its_record_and_touches_nothing(home, data_dir, tmp_path,
+                                                                              monkeypatch):
+    """What a worker does when Dask computes a case again that this run has finished (the worker holding the result
+    was lost before the driver took it): it returns the record, from the run's note of the case or, where the worker
+    died before writing the note, from the manifest. Another run still refuses a folder it did not write."""
+    monkeypatch.setattr(batch_worker, "WARM", batch_process.WarmModels())
+    case = batch_cases.find_cases([write_ct(tmp_path / "ct.nii.gz", data_dir, 0)])[0]
+    out = tmp_path / "out"
+    parser = batch_cli.build_parser()
+    request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "--ml"]))
+    this_run = batch_worker.CaseRequest(str(out), request, batch_cli.options_key(request), run_id="run-a")
+    first = batch_worker.run_case(case, this_run)
+    assert first["status"] == "done" and first["run"] == "run-a"
+    published = (out / "ct" / "segmentation.nii.gz").stat()
+    assert batch_worker.run_case(case, this_run)["finished"] == first["finished"]  # from the run's note
+    shutil.rmtree(batch_worker.run_folder(this_run))
+    assert batch_worker.run_case(case, this_run)["finished"] == first["finished"]  # from the manifest
+    assert (out / "ct" / "segmentation.nii.gz").stat().st_mtime_ns == published.st_mtime_ns
+    assert sum(len(path.read_text().splitlines()) for path in out.glob("manifest.*.jsonl")) == 1
+    assert list((out / ".staging").iterdir()) == []  # no attempt was begun
+    another_run = batch_worker.CaseRequest(str(out), request, batch_cli.options_key(request), run_id="run-b")
+    assert "not in the manifest" in batch_worker.run_case(case, another_run)["error"]
+
+
+def test_with_no_worker_connected_the_run_says_so_and_stops_after_the_bound(dask_programs, data_dir, tmp_path,
+                                                                               capsys):
+    cohort = tmp_path / "cohort"
+    for index in range(4):
+        write_ct(cohort / f"n{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    dask_programs.start_workers(1)
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address,
+                    "--no-worker-timeout", "5")
+    try:
+        driver.wait_for(r"^\[\d+/4\] (\S+) done", 300)
+        dask_programs.kill_workers()
+        killed = time.monotonic()
+        told = driver.wait_for(r"No Dask worker is connected", 60)
+        code = driver.finish(120)
+        stopped_after = time.monotonic() - killed
+    finally:
+        driver.kill()
+    assert told and code == 3, driver.text
+    assert stopped_after < 5 + 60, stopped_after  # the bound, and a generous allowance for a loaded machine
+    assert re.search(r"no Dask worker .*for 5 s", driver.text, re.IGNORECASE), driver.text
+    final = records(out)
+    done = {case_id for case_id, record in final.items() if record["status"] == "done"}
+    not_run = {case_id for case_id, record in final.items() if record["status"] == "not_run"}
+    assert done and not_run and done | not_run == {f"n{index}" for index in range(4)}, final
+    assert all("--no-worker-timeout" in final[case_id]["error"] for case_id in not_run)
+    assert f"{len(done)} succeeded, 0 failed, {len(not_run)} not run" in driver.text, driver.text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(done) and leftovers(out) == []
+
+    # the same command once a worker is back runs exactly the cases that were not run
+    dask_programs.start_workers(1)
+    capsys.readouterr()
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "--progress-json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["case_id"] for e in events if e["event"] == "case"} == not_run
+    assert all(record["status"] == "done" for record in records(out).values())
+
+
+def test_a_run_with_no_worker_at_all_says_so_from_the_start(dask_programs, data_dir, tmp_path):
+    case = write_ct(tmp_path / "cohort" / "alone.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    driver = Driver("-i", case, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address,
+                    "--no-worker-timeout", "2")
+    try:
+        code = driver.finish(120)
+    finally:
+        driver.kill()
+    assert code == 3 and "No Dask worker is connected" in driver.text, driver.text
+    assert records(out)["alone"]["status"] == "not_run" and not (out / "alone").exists() and leftovers(out) == []
+
+
 def test_a_shard_is_refused_while_a_whole_cohort_run_works_in_its_folder(dask_programs, data_dir, tmp_path):
     """Before: the shard computed every case while the whole-cohort run waited for a worker, which then found the
     folders the shard wrote and failed them."""
