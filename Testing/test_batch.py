@@ -557,6 +557,59 @@ def test_input_paths_are_stored_normalised(data_dir, tmp_path):
     assert batch_cases.find_cases([listing])[0].source == str(case)
 
 
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` (skips where mounting is not permitted)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_case_that_the_free_space_cannot_hold_is_not_computed_and_the_run_stops(dask_programs, data_dir,
+                                                                                 tmp_path, capsys):
+    from totalseg_batch import space as batch_space
+
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"a{index}.nii.gz", data_dir, index)
+    dask_programs.start_workers(1)
+    with small_disk(tmp_path / "disk", "48m") as disk:
+        out = disk / "out"
+        argv = ["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address]
+        assert batch_cli.main(argv + ["-q"]) == 0
+        before = records(out)
+        for index in range(2, 8):  # the cohort grows; meanwhile the disk filled up
+            write_ct(cohort / f"b{index}.nii.gz", data_dir, index)
+        filler = disk / "filler"  # leaves 64 KiB: less than any case writes
+        filler.write_bytes(bytes(shutil.disk_usage(disk).free - 64 * 1024))
+        capsys.readouterr()
+        assert batch_cli.main(argv) == 4
+        err = capsys.readouterr().err
+        assert "not enough free space" in err and "Traceback" not in err, err
+        final = records(out)
+        assert {case_id: final[case_id] for case_id in before} == before  # the finished cases are kept as they were
+        refused = {f"b{index}" for index in range(2, 8)}
+        assert {case_id for case_id, r in final.items() if r["status"] == "not_run"} == refused, final
+        assert all("free space" in final[case_id]["error"] and "stages" not in final[case_id] for case_id in refused)
+        assert not any((out / case_id).exists() for case_id in refused) and leftovers(out) == []
+
+        parser = batch_cli.build_parser()  # the estimate covers what a case really wrote
+        request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "--ml"]))
+        case = batch_cases.find_cases([cohort / "a0.nii.gz"])[0]
+        written = sum(p.stat().st_size for p in (out / "a0").rglob("*") if p.is_file())
+        assert batch_space.needed_bytes(case, request) >= written
+
+        filler.unlink()  # space again: the same command runs what was not run
+        assert batch_cli.main(argv + ["-q"]) == 0
+        assert all(record["status"] == "done" for record in records(out).values())
+
+
 # --------------------------------------------------------------------------------------------------
 # Shards, in-process
 # --------------------------------------------------------------------------------------------------

@@ -40,15 +40,17 @@ from .worker import CaseRequest
 # Options that do not change a case's segmentation: a re-run that changes only these skips finished cases.
 NOT_IN_OPTIONS_KEY = ("device", "download")  # the licence key is never in the options at all
 EXIT_NO_WORKERS = 3
+EXIT_NO_SPACE = 4
 EXIT_STATUSES = {
     0: "every case of the cohort is done",
     1: "a case failed (in this run, or in an earlier one and not retried)",
     2: "bad options or inputs, or an output folder that cannot be written or that another run works in (nothing "
        "was run)",
     EXIT_NO_WORKERS: "stopped: no Dask worker was connected for --no-worker-timeout seconds",
+    EXIT_NO_SPACE: "stopped: the output folder lacks the free space the next case needs",
     130: "interrupted (Ctrl+C)",
 }
-_STOP_STATUS = {batch_worker.NO_WORKERS: EXIT_NO_WORKERS}
+_STOP_STATUS = {batch_worker.NO_WORKERS: EXIT_NO_WORKERS, batch_worker.NO_SPACE: EXIT_NO_SPACE}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="totalseg_batch", allow_abbrev=False,
                                 description="Segment a cohort with TotalSegmentator's models: warm workers, "
                                             "resumable, on a local or any Dask cluster.",
-                                epilog=f"Exit status: {statuses}. After 3 the finished cases are kept and the others "
-                                       f"recorded as not_run: the same command runs them.")
+                                epilog=f"Exit status: {statuses}. After 3 and 4 the finished cases are kept and the "
+                                       f"others recorded as not_run: the same command runs them.")
     p.add_argument("-i", dest="inputs", metavar="input", nargs="+", type=Path, required=True,
                    help="Image files, folders of them, DICOM folders or zips, or CSV / text lists of them "
                         "(a CSV needs a 'path' column, 'case_id' is optional).")
@@ -153,6 +155,19 @@ def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
                 stop = batch.run_on_dask(to_run, cases_request, progress.case, spec)
         finally:
             _remove_run_notes(outdir, cases_request.run_id)
+        _finish_manifest(outdir, manifest, args, progress)
+        progress.end(str(outdir / batch_manifest.MANIFEST), stop.reason if stop else None, stop.message if stop else "")
+    if stop is not None:
+        return _STOP_STATUS[stop.reason]
+    incomplete = progress.failed + failed_before
+    return 1 if incomplete else 0
+
+
+def _finish_manifest(outdir: Path, manifest: batch_manifest.Manifest, args: argparse.Namespace,
+                     progress: CohortProgress) -> None:
+    """Fold the records into manifest.jsonl (not while other shards may write), the summary, the statistics; on a
+    full disk, say what could not be written (every record is kept in its writer's file)."""
+    try:
         records = manifest.load() if args.shard else manifest.compact()
         if args.shard:
             manifest.write_summary(records)
@@ -160,11 +175,9 @@ def _run(args: argparse.Namespace, request: SegmentationRequest) -> int:
             from .statistics import write_cohort_statistics
 
             write_cohort_statistics(outdir, records)
-        progress.end(str(outdir / batch_manifest.MANIFEST), stop.reason if stop else None, stop.message if stop else "")
-    if stop is not None:
-        return _STOP_STATUS[stop.reason]
-    incomplete = progress.failed + failed_before
-    return 1 if incomplete else 0
+    except OSError as err:
+        progress.notice(f"Could not write the manifest summary or the cohort statistics ({err}); every case's "
+                        f"record is kept in {outdir}/manifest.*.jsonl, and the next run writes them.")
 
 
 def _remove_run_notes(outdir: Path, run_id: Optional[str] = None) -> None:

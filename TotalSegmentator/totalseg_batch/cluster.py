@@ -7,7 +7,8 @@ worker, up to ``max_attempts``; the case's records come from :mod:`.worker` wher
 A case's result is final once it is recorded: its task is released at once, so that losing the worker that holds
 the result does not make Dask compute it again (and a task computed again anyway returns the record it has). A run
 stops before its last case (:class:`Stop`) when no worker has been connected for ``no_worker_timeout`` seconds
-(saying so while it waits); the cases it did not run are recorded ``not_run``, and a re-run runs them.
+(saying so while it waits), or when a case finds no room for its outputs; the cases it did not run are recorded
+``not_run``, and a re-run runs them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import queue as queues
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,7 +61,7 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class Stop:
-    """Why a run stopped before its last case (``batch_worker.NO_WORKERS``), in words."""
+    """Why a run stopped before its last case (``batch_worker.NO_WORKERS`` or ``NO_SPACE``), in words."""
 
     reason: str
     message: str
@@ -88,16 +90,31 @@ def _memory_bytes() -> int:
 
 
 def run_in_process(cases: Sequence[Case], request: CaseRequest, on_record: RecordCallback,
-                   cases_at_once: int = 1) -> None:
-    """Every case here, on this process's warm models (``--shard``): ``cases_at_once`` at a time, in order."""
+                   cases_at_once: int = 1) -> Optional[Stop]:
+    """Every case here, on this process's warm models (``--shard``): ``cases_at_once`` at a time, in order; after a
+    case that found no room, the rest are recorded not run."""
     from concurrent.futures import ThreadPoolExecutor
+
+    stops: list[Stop] = []
+    lock = threading.Lock()
+
+    def one(case: Case) -> dict:
+        if stops:
+            return batch_worker.not_run(case, request, f"not run: {stops[0].message}", stops[0].reason,
+                                        batch_worker.writer_name())
+        record = batch_worker.run_case(case, request)
+        with lock:
+            if record.get("stop") == batch_worker.NO_SPACE and not stops:
+                stops.append(Stop(batch_worker.NO_SPACE, record["error"]))
+        return record
 
     pool = ThreadPoolExecutor(cases_at_once, thread_name_prefix="totalseg-case")
     try:
-        for record in pool.map(lambda case: batch_worker.run_case(case, request), cases):
+        for record in pool.map(one, cases):
             on_record(record)
     finally:  # Ctrl+C: the cases not started are dropped, those running finish (nothing is left half-done)
         pool.shutdown(wait=True, cancel_futures=True)
+    return stops[0] if stops else None
 
 
 def run_on_dask(cases: Sequence[Case], request: CaseRequest, on_record: RecordCallback,
@@ -153,6 +170,8 @@ class _Dispatch:
         record = _record_of(future, case, self.request, self.spec.max_attempts)
         future.release()  # final: the scheduler forgets the result, and never computes it again
         self.on_record(record)
+        if record.get("stop") == batch_worker.NO_SPACE and self.stop is None:
+            self.stop = Stop(batch_worker.NO_SPACE, record["error"])
 
     def _record_the_rest(self) -> None:
         """After a stop: the cases still running (their workers gone) and those never handed out are not run."""

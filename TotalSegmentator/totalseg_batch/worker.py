@@ -9,7 +9,8 @@ bad image never stops the cohort.
 
 A case the run has finished stays finished: Dask computes a task again when the worker that held its result is
 lost, and that attempt returns the finished case's record without doing anything (its run's note in
-``OUTDIR/.staging/.run-<run id>/``, or its record in the manifest).
+``OUTDIR/.staging/.run-<run id>/``, or its record in the manifest). A case is not started where the output
+folder's file system lacks the room it needs (:mod:`.space`): it is recorded ``not_run``, and the run stops.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from totalseg_engine import (
 )
 
 from . import manifest as batch_manifest
-from . import warm
+from . import space, warm
 from .cases import Case
 
 STAGING = ".staging"
 ATTEMPT_PREFIX = "attempt-"
 RUN_PREFIX = ".run-"  # OUTDIR/.staging/.run-<run id>/<case id>.json: the cases this run has published
 NOT_RUN = "not_run"  # the status of a case a stopped run did not run (a re-run runs it)
+NO_SPACE = "no_space"  # a record's "stop": the output folder lacks the room for the case; the run stops
 NO_WORKERS = "no_workers"  # a record's "stop": no Dask worker was connected for --no-worker-timeout
 # File names inside a case folder for outputs that are files (the folder itself holds the class files).
 FILE_SUFFIXES = {"nifti": ".nii.gz", "seg_nrrd": ".seg.nrrd", "dicom_seg": ".dcm", "dicom_rtstruct": ".dcm"}
@@ -69,11 +71,15 @@ WARM = warm.WarmModels()  # one per worker process
 
 
 def run_case(case: Case, request: CaseRequest) -> dict:
-    """Segment one case into ``OUTDIR/<case id>``; return its manifest record (status done or failed)."""
+    """Segment one case into ``OUTDIR/<case id>``; return its manifest record (status done or failed, or not_run
+    where the output folder lacks the room for it)."""
     outdir = Path(request.outdir)
     finished = done_in_this_run(case, request)
     if finished is not None:  # Dask lost this case's result with its worker and computes it again: nothing to do
         return finished
+    too_full = space.shortage(case, request.request, outdir)
+    if too_full:
+        return not_run(case, request, too_full, NO_SPACE, writer_name())
     staging = outdir / STAGING / case.case_id
     earlier = _earlier_attempts(staging)
     attempt = staging / f"{ATTEMPT_PREFIX}{uuid.uuid4().hex[:12]}"
