@@ -121,8 +121,16 @@ def run_on_dask(cases: Sequence[Case], request: CaseRequest, on_record: RecordCa
                 spec: ClusterSpec) -> Optional[Stop]:
     """Every case on a Dask cluster; a worker is handed one case more than it runs at once, so a cohort of
     any size is submitted as the cluster can take it (and cancelled cleanly)."""
-    with _client(spec) as client:
-        return _Dispatch(client, cases, request, on_record, spec).run()
+    dispatch = None
+    try:
+        with _client(spec) as client:
+            dispatch = _Dispatch(client, cases, request, on_record, spec)
+            return dispatch.run()
+    except BaseException:  # Ctrl+C: a local cluster's workers end with it, leaving their cases' attempts behind
+        if dispatch is not None and spec.scheduler is None:  # (a scheduler's workers may still run theirs)
+            for case in dispatch.running.values():
+                shutil.rmtree(Path(request.outdir) / batch_worker.STAGING / case.case_id, ignore_errors=True)
+        raise
 
 
 class _Dispatch:
