@@ -8,13 +8,16 @@ folders with small networks. Every batch output is compared with the single-case
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -222,46 +225,389 @@ def test_a_case_whose_workers_all_die_is_recorded_as_failed_and_the_rest_complet
     assert records(out)["b"]["status"] == "done" and not (out / "a").exists() and leftovers(out) == []
 
 
-def test_an_existing_scheduler_runs_the_cohort(home, data_dir, tmp_path):
-    """``--scheduler`` against a ``dask scheduler`` and a ``dask worker`` started as programs on 127.0.0.1."""
-    dask_program = Path(sys.executable).parent / "dask"
-    if not dask_program.exists():
-        pytest.skip("the dask command is not installed beside this Python")
-    scheduler_file = tmp_path / "scheduler.json"
-    common = ["--no-dashboard"]
-    scheduler = subprocess.Popen([str(dask_program), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--scheduler-file", str(scheduler_file), *common],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
-    try:
+class DaskPrograms:
+    """A ``dask scheduler`` and ``dask worker`` programs on 127.0.0.1. Each worker program runs in a process group
+    of its own (its nanny and the worker process the nanny starts), so that it can be killed whole."""
+
+    def __init__(self, folder: Path) -> None:
+        self.dask = Path(sys.executable).parent / "dask"
+        if not self.dask.exists():
+            pytest.skip("the dask command is not installed beside this Python")
+        folder.mkdir(parents=True)
+        self.folder = folder
+        scheduler_file = folder / "scheduler.json"
+        self.log = (folder / "scheduler.log").open("w")
+        self.scheduler = subprocess.Popen([str(self.dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                           "--scheduler-file", str(scheduler_file), "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=self.log)
+        self.workers: list[subprocess.Popen] = []
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        worker = subprocess.Popen([str(dask_program), "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                   "--host", "127.0.0.1", *common],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-        _wait_for_workers(address, 1)
-        case = write_ct(tmp_path / "cohort" / "one.nii.gz", data_dir, 0)
-        out = tmp_path / "out"
-        assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--scheduler", address, "-q"]) == 0
-        record = records(out)["one"]
-        assert record["status"] == "done" and record["worker"].split(":")[1] != str(os.getpid())
-        assert_same_labels(out / "one" / "segmentation.nii.gz",
-                           single_case(case, tmp_path / "single.nii.gz", "--ml"))
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        assert self.address.startswith("tcp://127.0.0.1:")
+
+    def start_workers(self, count: int) -> None:
+        """``count`` more worker programs of one thread each; returns once the scheduler has them all."""
+        for _ in range(count):
+            self.workers.append(subprocess.Popen(
+                [str(self.dask), "worker", self.address, "--nworkers", "1", "--nthreads", "1", "--host",
+                 "127.0.0.1", "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ), start_new_session=True))
+        self.wait_for_workers(len(self.workers))
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker program, nannies and worker processes; returns once the scheduler has none."""
+        for worker in self.workers:
+            os.killpg(worker.pid, signal.SIGKILL)
+        for worker in self.workers:
+            worker.wait(timeout=30)
+            assert group_left_after(worker.pid, 30) == []
+        self.workers = []
+        self.wait_for_workers(0)
+
+    def wait_for_workers(self, count: int, timeout: float = 120) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            deadline = time.monotonic() + timeout
+            while len(client.nthreads()) != count:
+                assert time.monotonic() < deadline, f"the scheduler has {len(client.nthreads())} workers, not {count}"
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        self.scheduler.terminate()
+        self.scheduler.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def dask_programs(home, tmp_path):
+    """A scheduler without workers (``start_workers`` adds them), seeing the weights home of ``home``."""
+    programs = DaskPrograms(tmp_path / "dask")
+    yield programs
+    programs.close()
+
+
+class Driver:
+    """``totalseg_batch`` as a program, in a process group of its own, its stderr read line by line as it runs."""
+
+    def __init__(self, *argv: object) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "totalseg_batch.cli", *map(str, argv)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self._reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """The first line matching ``pattern``, waiting up to ``timeout`` s for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            assert self.process.poll() is None or self._reader.is_alive(), \
+                f"the driver ended ({self.process.returncode}) without printing {pattern!r}:\n{self.text}"
+            time.sleep(0.05)
+        raise AssertionError(f"no line matched {pattern!r} in {timeout} s:\n{self.text}")
+
+    def done_cases(self) -> set[str]:
+        """The cases the driver has reported done so far."""
+        return {m.group(1) for line in list(self.lines) if (m := re.search(r"^\[\d+/\d+\] (\S+) done", line))}
+
+    def finish(self, timeout: float) -> int:
+        """The exit status, waiting up to ``timeout`` s for it."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def test_an_existing_scheduler_runs_the_cohort(dask_programs, data_dir, tmp_path):
+    """``--scheduler`` against a ``dask scheduler`` and a ``dask worker`` started as programs on 127.0.0.1."""
+    dask_programs.start_workers(1)
+    case = write_ct(tmp_path / "cohort" / "one.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "-q"]) == 0
+    record = records(out)["one"]
+    assert record["status"] == "done" and record["worker"].split(":")[1] != str(os.getpid())
+    assert_same_labels(out / "one" / "segmentation.nii.gz", single_case(case, tmp_path / "single.nii.gz", "--ml"))
+
+
+# --------------------------------------------------------------------------------------------------
+# When things go wrong: lost workers, no workers, two runs in one folder, read-only and full disks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_finished_case_stays_done_when_every_worker_is_lost(dask_programs, data_dir, tmp_path):
+    """All workers SIGKILLed after some cases finished, two new ones started: the scheduler lost the results it held
+    (recomputed them on the new workers, which found the case folders and failed); the finished cases stay done."""
+    cohort = tmp_path / "cohort"
+    for index in range(6):
+        write_ct(cohort / f"c{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    dask_programs.start_workers(2)
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address)
+    try:
+        first = driver.wait_for(r"^\[\d+/6\] (\S+) done", 300).group(1)
+        dask_programs.kill_workers()
+        done_before = driver.done_cases()
+        dask_programs.start_workers(2)
+        code = driver.finish(600)
     finally:
-        for process in (worker, scheduler):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
+        driver.kill()
+    assert code == 0 and "6 succeeded, 0 failed, 0 skipped" in driver.text, driver.text
+    final = records(out)
+    assert {case_id: record["status"] for case_id, record in final.items()} == {
+        f"c{index}": "done" for index in range(6)}, driver.text
+    for case_id in done_before:  # recorded once, by the worker that finished it before the workers were lost
+        assert final[case_id]["attempts"] == 1 and "lost_attempts" not in final[case_id]
+    assert len(manifest_lines(out)) == 6 and list(out.glob("manifest.*.jsonl")) == [] and leftovers(out) == []
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "-q"]) == 0  # a re-run finds the cohort complete
+    assert_same_labels(out / first / "segmentation.nii.gz",
+                       single_case(cohort / f"{first}.nii.gz", tmp_path / "single.nii.gz", "--ml"))
 
 
-def _wait_for_workers(address: str, count: int) -> None:
-    from distributed import Client
+def test_a_finished_case_computed_again_returns_its_record_and_touches_nothing(home, data_dir, tmp_path,
+                                                                              monkeypatch):
+    """What a worker does when Dask computes a case again that this run has finished (the worker holding the result
+    was lost before the driver took it): it returns the record, from the run's note of the case or, where the worker
+    died before writing the note, from the manifest. Another run still refuses a folder it did not write."""
+    monkeypatch.setattr(batch_worker, "WARM", batch_process.WarmModels())
+    case = batch_cases.find_cases([write_ct(tmp_path / "ct.nii.gz", data_dir, 0)])[0]
+    out = tmp_path / "out"
+    parser = batch_cli.build_parser()
+    request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "--ml"]))
+    this_run = batch_worker.CaseRequest(str(out), request, batch_cli.options_key(request), run_id="run-a")
+    first = batch_worker.run_case(case, this_run)
+    assert first["status"] == "done" and first["run"] == "run-a"
+    published = (out / "ct" / "segmentation.nii.gz").stat()
+    assert batch_worker.run_case(case, this_run)["finished"] == first["finished"]  # from the run's note
+    shutil.rmtree(batch_worker.run_folder(this_run))
+    assert batch_worker.run_case(case, this_run)["finished"] == first["finished"]  # from the manifest
+    assert (out / "ct" / "segmentation.nii.gz").stat().st_mtime_ns == published.st_mtime_ns
+    assert sum(len(path.read_text().splitlines()) for path in out.glob("manifest.*.jsonl")) == 1
+    assert list((out / ".staging").iterdir()) == []  # no attempt was begun
+    another_run = batch_worker.CaseRequest(str(out), request, batch_cli.options_key(request), run_id="run-b")
+    assert "not in the manifest" in batch_worker.run_case(case, another_run)["error"]
 
-    with Client(address, timeout="30s") as client:
-        client.wait_for_workers(count, timeout=60)
+
+def test_with_no_worker_connected_the_run_says_so_and_stops_after_the_bound(dask_programs, data_dir, tmp_path,
+                                                                               capsys):
+    cohort = tmp_path / "cohort"
+    for index in range(4):
+        write_ct(cohort / f"n{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    dask_programs.start_workers(1)
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address,
+                    "--no-worker-timeout", "5")
+    try:
+        driver.wait_for(r"^\[\d+/4\] (\S+) done", 300)
+        dask_programs.kill_workers()
+        killed = time.monotonic()
+        told = driver.wait_for(r"No Dask worker is connected", 60)
+        code = driver.finish(120)
+        stopped_after = time.monotonic() - killed
+    finally:
+        driver.kill()
+    assert told and code == 3, driver.text
+    assert stopped_after < 5 + 60, stopped_after  # the bound, and a generous allowance for a loaded machine
+    assert re.search(r"no Dask worker .*for 5 s", driver.text, re.IGNORECASE), driver.text
+    final = records(out)
+    done = {case_id for case_id, record in final.items() if record["status"] == "done"}
+    not_run = {case_id for case_id, record in final.items() if record["status"] == "not_run"}
+    assert done and not_run and done | not_run == {f"n{index}" for index in range(4)}, final
+    assert all("--no-worker-timeout" in final[case_id]["error"] for case_id in not_run)
+    assert f"{len(done)} succeeded, 0 failed, {len(not_run)} not run" in driver.text, driver.text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(done) and leftovers(out) == []
+
+    # the same command once a worker is back runs exactly the cases that were not run
+    dask_programs.start_workers(1)
+    capsys.readouterr()
+    assert batch_cli.main(["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address,
+                           "--progress-json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["case_id"] for e in events if e["event"] == "case"} == not_run
+    assert all(record["status"] == "done" for record in records(out).values())
+
+
+def test_a_run_with_no_worker_at_all_says_so_from_the_start(dask_programs, data_dir, tmp_path):
+    case = write_ct(tmp_path / "cohort" / "alone.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    driver = Driver("-i", case, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address,
+                    "--no-worker-timeout", "2")
+    try:
+        code = driver.finish(120)
+    finally:
+        driver.kill()
+    assert code == 3 and "No Dask worker is connected" in driver.text, driver.text
+    assert records(out)["alone"]["status"] == "not_run" and not (out / "alone").exists() and leftovers(out) == []
+
+
+def test_a_shard_is_refused_while_a_whole_cohort_run_works_in_its_folder(dask_programs, data_dir, tmp_path):
+    """Before: the shard computed every case while the whole-cohort run waited for a worker, which then found the
+    folders the shard wrote and failed them."""
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"w{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    driver = Driver("-i", cohort, "-o", out, *FAST, "--ml", "--scheduler", dask_programs.address)
+    try:
+        driver.wait_for(r"Dask scheduler .*0 workers", 120)  # it holds the folder, waiting for a worker
+        shard = subprocess.run([sys.executable, "-m", "totalseg_batch.cli", "-i", str(cohort), "-o", str(out), *FAST,
+                                "--ml", "--shard", "1/1", "-q"], capture_output=True, text=True, timeout=300)
+        assert shard.returncode == 2 and "Another totalseg_batch run" in shard.stderr, shard.stderr
+        assert not (out / "w0").exists() and list(out.glob("manifest*")) == []
+        dask_programs.start_workers(1)
+        code = driver.finish(600)
+    finally:
+        driver.kill()
+    assert code == 0, driver.text
+    assert all(record["attempts"] == 1 and "lost_attempts" not in record for record in records(out).values())
+
+
+def test_one_locking_rule_for_whole_cohort_runs_and_shards(home, data_dir, tmp_path, capsys):
+    """Runs in one folder never share a case: a shard excludes a whole-cohort run and any slice of another N; slices
+    of the same N run side by side."""
+    from totalseg_batch import locking as batch_locking
+
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"s{index}.nii.gz", data_dir, index)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["-i", str(cohort), "-o", str(out), *FAST, "--ml", "-q"]
+    with batch_locking.exclusive(out, "1/2"):  # as a --shard 1/2 run holds it
+        for extra in ([], ["--shard", "1/3"], ["--shard", "1/2"]):
+            assert batch_cli.main(argv + extra) == 2, extra
+            assert "Another totalseg_batch run" in capsys.readouterr().err
+        assert batch_cli.main(argv + ["--shard", "2/2"]) == 0  # the other slice of the same cohort
+    assert set(records(out)) == {"s1"}
+    with batch_locking.exclusive(out, None):  # as a whole-cohort run holds it
+        assert batch_cli.main(argv + ["--shard", "1/2"]) == 2
+        assert "Another totalseg_batch run" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def read_only_folder(tmp_path: Path):
+    """A folder no run may write to, and how to run totalseg_batch there: a read-only bind mount (as root, with the
+    privilege to mount), else a root-owned folder and the command as the unprivileged user nobody."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("x")
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0:
+        try:
+            remounted = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+            if remounted.returncode == 0:
+                yield folder, {}
+                return
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+    if os.geteuid() != 0:
+        pytest.skip("neither a read-only bind mount nor running as another user is possible here")
+    shared = Path(tempfile.mkdtemp(prefix="totalseg-readonly-"))  # outside pytest's private (0700) folders
+    try:
+        shared.chmod(0o755)
+        (shared / "kept.txt").write_text("x")
+        yield shared, {"user": "nobody"}
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_an_unwritable_output_folder_is_a_bad_option(home, data_dir, tmp_path):
+    case = data_dir / "example_ct_sm.nii.gz"  # readable by anyone
+    with read_only_folder(tmp_path) as (folder, how):
+        for outdir in (folder, folder / "out"):
+            run = subprocess.run([sys.executable, "-m", "totalseg_batch.cli", "-i", str(case), "-o", str(outdir),
+                                  *FAST, "-q"], capture_output=True, text=True, timeout=300, **how)
+            assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+            assert f"Cannot write to {outdir}" in run.stderr, run.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["kept.txt"]
+
+
+@pytest.mark.parametrize("option", [["--max-attempts", "0"], ["--workers", "0"], ["--cases-per-worker", "0"]])
+def test_a_bad_cohort_option_leaves_nothing_behind(home, data_dir, tmp_path, option, capsys):
+    case = write_ct(tmp_path / "ct.nii.gz", data_dir, 0)
+    out = tmp_path / "out"
+    assert batch_cli.main(["-i", str(case), "-o", str(out), *FAST, *option]) == 2
+    assert option[0] in capsys.readouterr().err and not out.exists()
+
+
+def test_input_paths_are_stored_normalised(data_dir, tmp_path):
+    case = write_ct(tmp_path / "in" / "c1.nii.gz", data_dir, 0)
+    (tmp_path / "p2").mkdir()
+    assert batch_cases.find_cases([tmp_path / "p2" / ".." / "in" / "c1.nii.gz"])[0].source == str(case)
+    listing = tmp_path / "p2" / "list.txt"
+    listing.write_text("../p2/../in/c1.nii.gz\n")
+    assert batch_cases.find_cases([listing])[0].source == str(case)
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` (skips where mounting is not permitted)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_case_that_the_free_space_cannot_hold_is_not_computed_and_the_run_stops(dask_programs, data_dir,
+                                                                                 tmp_path, capsys):
+    from totalseg_batch import space as batch_space
+
+    cohort = tmp_path / "cohort"
+    for index in range(2):
+        write_ct(cohort / f"a{index}.nii.gz", data_dir, index)
+    dask_programs.start_workers(1)
+    with small_disk(tmp_path / "disk", "48m") as disk:
+        out = disk / "out"
+        argv = ["-i", str(cohort), "-o", str(out), *FAST, "--ml", "--scheduler", dask_programs.address]
+        assert batch_cli.main(argv + ["-q"]) == 0
+        before = records(out)
+        for index in range(2, 8):  # the cohort grows; meanwhile the disk filled up
+            write_ct(cohort / f"b{index}.nii.gz", data_dir, index)
+        filler = disk / "filler"  # leaves 64 KiB: less than any case writes
+        filler.write_bytes(bytes(shutil.disk_usage(disk).free - 64 * 1024))
+        capsys.readouterr()
+        assert batch_cli.main(argv) == 4
+        err = capsys.readouterr().err
+        assert "not enough free space" in err and "Traceback" not in err, err
+        final = records(out)
+        assert {case_id: final[case_id] for case_id in before} == before  # the finished cases are kept as they were
+        refused = {f"b{index}" for index in range(2, 8)}
+        assert {case_id for case_id, r in final.items() if r["status"] == "not_run"} == refused, final
+        assert all("free space" in final[case_id]["error"] and "stages" not in final[case_id] for case_id in refused)
+        assert not any((out / case_id).exists() for case_id in refused) and leftovers(out) == []
+
+        parser = batch_cli.build_parser()  # the estimate covers what a case really wrote
+        request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "--ml"]))
+        case = batch_cases.find_cases([cohort / "a0.nii.gz"])[0]
+        written = sum(p.stat().st_size for p in (out / "a0").rglob("*") if p.is_file())
+        assert batch_space.needed_bytes(case, request) >= written
+
+        filler.unlink()  # space again: the same command runs what was not run
+        assert batch_cli.main(argv + ["-q"]) == 0
+        assert all(record["status"] == "done" for record in records(out).values())
 
 
 # --------------------------------------------------------------------------------------------------

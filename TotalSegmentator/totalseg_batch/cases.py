@@ -56,7 +56,7 @@ def find_cases(inputs: Sequence[PathLike]) -> list[Case]:
     """Every case in ``inputs`` (files, folders, lists), sorted by id; ids must be unique."""
     cases = []
     for given in inputs:
-        path = Path(given).expanduser().absolute()
+        path = normal_path(given)
         if not path.exists():
             raise InvalidInputError(f"Input not found: {path}. Pass image files, folders of them, DICOM folders "
                                     f"or zips, or a CSV / text list of them.")
@@ -66,6 +66,13 @@ def find_cases(inputs: Sequence[PathLike]) -> list[Case]:
                                 f"files, DICOM folders or zips.")
     check_unique_ids(cases)
     return sorted(cases, key=lambda case: case.case_id)
+
+
+def normal_path(path: PathLike) -> Path:
+    """An absolute path as it is stored: ``~`` expanded, and ``..`` resolved as the system resolves it (through
+    symbolic links); a path without ``..`` keeps the links it names."""
+    path = Path(path).expanduser().absolute()
+    return path.resolve() if ".." in path.parts else path
 
 
 def check_unique_ids(cases: Iterable[Case]) -> None:
@@ -196,7 +203,7 @@ def _cases_from_list(path: Path) -> list[Case]:
         if not source.exists():
             raise InvalidInputError(f"{path}, line {line}: {source} not found. Fix the path (relative paths are "
                                     f"relative to the list's folder) or remove the line.")
-        cases += _cases_for(source.absolute(), case_id_of(case_id) if case_id else None)
+        cases += _cases_for(normal_path(source), case_id_of(case_id) if case_id else None)
     return cases
 
 

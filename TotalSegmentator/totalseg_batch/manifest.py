@@ -141,11 +141,14 @@ class Decision:
 
 def decide(case: Case, previous: Optional[Mapping[str, object]], key: str, outdir: Path,
            force: bool = False, retry_failed: bool = False) -> Decision:
-    """Run what is new, changed, asked for again or lost; skip what is done on the same input and options."""
+    """Run what is new, changed, asked for again, lost or left by a stopped run; skip what is done on the same input
+    and options."""
     if previous is None:
         return Decision(case, True, "new")
     if force:
         return Decision(case, True, "forced (--force)")
+    if previous.get("status") == "not_run":  # a run that stopped early did not get to it
+        return Decision(case, True, "not run before")
     if previous.get("options_key") != key:
         return Decision(case, True, "options changed")
     if not _same_input(case, previous.get("fingerprint") or {}):

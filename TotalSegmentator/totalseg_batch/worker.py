@@ -6,6 +6,11 @@ into ``OUTDIR/.staging/<case id>/attempt-*/``, and only a finished case is renam
 a worker that dies mid-case leaves an attempt folder, never a half-written case folder, and the next attempt
 counts and removes what earlier ones left. Every failure of a case is returned as that case's record, so one
 bad image never stops the cohort.
+
+A case the run has finished stays finished: Dask computes a task again when the worker that held its result is
+lost, and that attempt returns the finished case's record without doing anything (its run's note in
+``OUTDIR/.staging/.run-<run id>/``, or its record in the manifest). A case is not started where the output
+folder's file system lacks the room it needs (:mod:`.space`): it is recorded ``not_run``, and the run stops.
 """
 
 from __future__ import annotations
@@ -36,11 +41,15 @@ from totalseg_engine import (
 )
 
 from . import manifest as batch_manifest
-from . import warm
+from . import space, warm
 from .cases import Case
 
 STAGING = ".staging"
 ATTEMPT_PREFIX = "attempt-"
+RUN_PREFIX = ".run-"  # OUTDIR/.staging/.run-<run id>/<case id>.json: the cases this run has published
+NOT_RUN = "not_run"  # the status of a case a stopped run did not run (a re-run runs it)
+NO_SPACE = "no_space"  # a record's "stop": the output folder lacks the room for the case; the run stops
+NO_WORKERS = "no_workers"  # a record's "stop": no Dask worker was connected for --no-worker-timeout
 # File names inside a case folder for outputs that are files (the folder itself holds the class files).
 FILE_SUFFIXES = {"nifti": ".nii.gz", "seg_nrrd": ".seg.nrrd", "dicom_seg": ".dcm", "dicom_rtstruct": ".dcm"}
 OUTPUT_NAME = "segmentation"
@@ -56,18 +65,32 @@ class CaseRequest:
     threads: Optional[int] = None  # CPU threads for torch in this worker
     gpu_count: int = 0  # GPUs of a local cluster, one per worker
     replaceable: frozenset = field(default_factory=frozenset)  # case ids whose folders earlier runs wrote
+    run_id: str = ""  # this run's id, in its records (empty: no note of the cases it finished)
 
 
 WARM = warm.WarmModels()  # one per worker process
 
 
 def run_case(case: Case, request: CaseRequest) -> dict:
-    """Segment one case into ``OUTDIR/<case id>``; return its manifest record (status done or failed)."""
+    """Segment one case into ``OUTDIR/<case id>``; return its manifest record (status done or failed, or not_run
+    where the output folder lacks the room for it)."""
     outdir = Path(request.outdir)
+    finished = done_in_this_run(case, request)
+    if finished is not None:  # Dask lost this case's result with its worker and computes it again: nothing to do
+        return finished
+    too_full = space.shortage(case, request.request, outdir)
+    if too_full:
+        return not_run(case, request, too_full, NO_SPACE, writer_name())
     staging = outdir / STAGING / case.case_id
     earlier = _earlier_attempts(staging)
     attempt = staging / f"{ATTEMPT_PREFIX}{uuid.uuid4().hex[:12]}"
-    attempt.mkdir(parents=True)
+    for tries_left in (2, 1, 0):  # another shard may remove .staging, empty for a moment, as this creates it
+        try:
+            attempt.mkdir(parents=True)
+            break
+        except FileNotFoundError:
+            if not tries_left:
+                raise
     (attempt / "attempt.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     record = _base_record(case, request, earlier)
     started = time.monotonic()
@@ -82,6 +105,7 @@ def run_case(case: Case, request: CaseRequest) -> dict:
         record.update(status="done", messages=output.messages(), prediction_turns=output.turns)
         _finish(record, started, stages, loaded_before, outdir)  # recorded first: a folder is never unrecorded
         _publish(built, outdir / case.case_id, staging)
+        _note_done(record, request)
     except Exception as err:  # the case's failure, whatever it is: recorded, and the cohort goes on
         record.update(status="failed", error=_message(err))
         if not isinstance(err, TotalSegmentatorError):
@@ -91,6 +115,46 @@ def run_case(case: Case, request: CaseRequest) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             staging.parent.rmdir()  # only when no other case is staged
+    return record
+
+
+def done_in_this_run(case: Case, request: CaseRequest) -> Optional[dict]:
+    """The record of the case if this run has finished it already (its folder published), else None."""
+    if not request.run_id or not (Path(request.outdir) / case.case_id).is_dir():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((run_folder(request) / f"{case.case_id}.json").read_text(encoding="utf-8"))
+    if case.case_id in request.replaceable:  # no note (its worker died right after publishing): done again
+        return None
+    # a folder no earlier run wrote: this run's own if its record says so (read only here, where it is rare)
+    record = batch_manifest.Manifest(Path(request.outdir)).load().get(case.case_id) or {}
+    return record if record.get("status") == "done" and record.get("run") == request.run_id else None
+
+
+def run_folder(request: CaseRequest) -> Path:
+    """Where this run notes the cases it has published (removed when the run ends)."""
+    return Path(request.outdir) / STAGING / f"{RUN_PREFIX}{request.run_id}"
+
+
+def _note_done(record: dict, request: CaseRequest) -> None:
+    if not request.run_id:
+        return
+    with contextlib.suppress(OSError):  # without the note a lost result is computed again, never wrongly
+        folder = run_folder(request)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{record['case_id']}.json").write_text(json.dumps(record, sort_keys=True, default=str),
+                                                          encoding="utf-8")
+
+
+def not_run(case: Case, request: CaseRequest, reason: str, stop: str, writer: str) -> dict:
+    """Record that a stopped run did not run the case, and why (a re-run runs it); recorded where the disk allows."""
+    record = {"case_id": case.case_id, "input": case.source, "options": request.request.to_json(),
+              "options_key": request.options_key, "run": request.run_id, "status": NOT_RUN, "error": reason,
+              "stop": stop, "finished": utc_now()}
+    if case.series_uid:
+        record["series_uid"] = case.series_uid
+    with contextlib.suppress(OSError):  # a full disk may not take even the record: the case is then simply new
+        batch_manifest.Manifest(Path(request.outdir)).append(record, writer)
     return record
 
 
@@ -107,8 +171,8 @@ def _finish(record: dict, started: float, stages: StageTimer, loaded_before: int
 
 def _base_record(case: Case, request: CaseRequest, earlier: int) -> dict:
     record = {"case_id": case.case_id, "input": case.source, "options": request.request.to_json(),
-              "options_key": request.options_key, "attempts": earlier + 1, "started": utc_now(),
-              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+              "options_key": request.options_key, "run": request.run_id, "attempts": earlier + 1,
+              "started": utc_now(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
     if case.series_uid:
         record["series_uid"] = case.series_uid
     if earlier:

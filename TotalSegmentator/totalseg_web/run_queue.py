@@ -5,19 +5,19 @@ number drawn under an exclusive lock, and a ticket may run once fewer than ``slo
 it. Drawing and counting happen under the same lock, so two sessions can never both see themselves first.
 A ticket whose process died (killed, crashed) is dropped by whoever counts next, so a dead session never holds
 the GPU; but not while the engine it started still runs: a ticket records its engine's process group, and counts
-until that group is gone, so the next run never starts beside an orphan. POSIX only (``fcntl``), like the rest of
-the server.
+until that group is gone, so the next run never starts beside an orphan. The lock is portalocker's (``flock`` on
+POSIX, ``LockFileEx`` / ``msvcrt.locking`` on Windows); process groups are POSIX only, like the rest of the server.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+import portalocker
 from totalseg_engine import kill_process_group, process_group_alive
 
 LOCK_NAME = "queue.lock"
@@ -36,11 +36,11 @@ class RunQueue:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with open(self.folder / LOCK_NAME, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            portalocker.lock(lock, portalocker.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                portalocker.unlock(lock)
 
     def join(self, owner: str) -> Ticket:
         """A new ticket at the end of the queue, held by this process."""
