@@ -30,6 +30,7 @@ from process_support import group_left_after
 from totalseg_batch import cases as batch_cases
 from totalseg_batch import cli as batch_cli
 from totalseg_batch import manifest as batch_manifest
+from totalseg_batch import space as batch_space
 from totalseg_batch import warm as batch_process
 from totalseg_batch import worker as batch_worker
 from totalseg_batch.cases import Case
@@ -573,7 +574,6 @@ def small_disk(folder: Path, size: str):
 
 def test_a_case_that_the_free_space_cannot_hold_is_not_computed_and_the_run_stops(dask_programs, data_dir,
                                                                                  tmp_path, capsys):
-    from totalseg_batch import space as batch_space
 
     cohort = tmp_path / "cohort"
     for index in range(2):
@@ -672,6 +672,23 @@ def test_surfaces_of_a_cohort_are_the_single_case_commands(home, data_dir, tmp_p
     assert files == sorted(p.name for p in single.iterdir()) and len(files) == 117 and files[0].endswith(".stl")
     assert all((out / "c1" / name).read_bytes() == (single / name).read_bytes() for name in files)
     assert records(out)["c1"]["status"] == "done" and not leftovers(out)
+
+
+@pytest.mark.parametrize("kind", ["stl", "obj"])
+def test_the_free_space_estimate_covers_the_surfaces_of_a_real_segmentation(kind, data_dir, tmp_path):
+    """The official model's own segmentation of example_ct_sm (3 mm: the most surface per voxel of any grid),
+    written as surfaces, against the estimate for that input (the untrained fixture's labels are noise, whose
+    surfaces no estimate from the input's size bounds usefully)."""
+    from totalseg_engine.outputs import surfaces
+
+    segmentation = nib.load(data_dir / "example_seg.nii.gz")
+    labels = np.asanyarray(segmentation.dataobj).astype(np.uint8)
+    folder = surfaces.write_surfaces(labels, segmentation, imageio.read_label_map(segmentation), tmp_path / kind, kind)
+    written = sum(p.stat().st_size for p in folder.iterdir())
+    parser = batch_cli.build_parser()
+    request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "-ot", kind]))
+    case = batch_cases.find_cases([data_dir / "example_ct_sm.nii.gz"])[0]
+    assert written > 5_000_000 and batch_space.needed_bytes(case, request) >= written + batch_space.FIXED_BYTES
 
 
 def test_a_folder_that_no_run_wrote_is_never_replaced(home, data_dir, tmp_path):

@@ -10,6 +10,9 @@ the bytes per voxel of each output kind it writes, plus a fixed allowance.
   (most of it the files' fixed overhead, which the allowance covers on small images), 0.2 for an RTSTRUCT.
 - DICOM SEG: one bit per voxel for every class of the task (a frame per segment and slice, uncompressed), at most
   4 bytes per voxel; 3.3 were measured where 31 structures cross a 20-slice series.
+- Surfaces (``-ot stl`` / ``obj``): 40 and 80 bytes per voxel, twice what the official model's segmentation of the
+  3 mm example CT takes as surfaces (18 and 33; surface grows more slowly than volume, so finer grids take less per
+  voxel: 9 and 17 at 1.5 mm). A segmentation that is noise (an untrained model's) can take far more.
 - 16 MiB for ``statistics.json``, the preview, the records and the small files.
 
 The check is per case, against the file system's free space when the case starts: cases running side by side
@@ -28,7 +31,7 @@ from totalseg_engine import SegmentationRequest, TotalSegmentatorError, get_task
 from .cases import Case
 
 FIXED_BYTES = 16 * 2**20
-BYTES_PER_VOXEL = {"nifti": 1.0, "seg_nrrd": 1.0, "dicom_rtstruct": 1.0}
+BYTES_PER_VOXEL = {"nifti": 1.0, "seg_nrrd": 1.0, "dicom_rtstruct": 1.0, "stl": 40.0, "obj": 80.0}
 DICOM_SEG_MAX_BYTES_PER_VOXEL = 4.0
 BYTES_PER_STORED_VOXEL = 2  # a CT's voxel in an uncompressed DICOM file (16 bits)
 _HEADERS_TRIED = 5  # files of a DICOM folder tried for the slice size (a folder may hold other files first)
