@@ -580,6 +580,17 @@ def test_seg_nrrd_header_geometry_is_exact_for_an_oblique_grid(tmp_path: Path, s
     np.testing.assert_array_equal(slicerio.read_segmentation(str(out))["ijkToLPS"], LPS @ ref.affine)
 
 
+def test_seg_nrrd_is_the_same_file_whenever_it_is_written(seg_ref: nib.Nifti1Image, tmp_path: Path) -> None:
+    """No time and no name in its gzip header: the atomic write's temporary name must not end up in the file (a
+    remote run and a local run of the same segmentation give the same bytes)."""
+    data = np.zeros(seg_ref.shape, np.uint8)
+    data[1:3, 2:4, 0:5] = 1
+    first = imageio.write_seg_nrrd(data, seg_ref, [SegmentInfo(1, "a", (0, 0, 0))], tmp_path / "one.seg.nrrd")
+    second = imageio.write_seg_nrrd(data, seg_ref, [SegmentInfo(1, "a", (0, 0, 0))], tmp_path / "two.seg.nrrd")
+    assert first.read_bytes() == second.read_bytes()
+    assert b".tmp" not in first.read_bytes() and b"one" not in first.read_bytes().split(b"\n\n", 1)[1][:64]
+
+
 def test_seg_nrrd_refuses_duplicates_and_existing_output(seg_ref: nib.Nifti1Image, tmp_path: Path) -> None:
     data = np.zeros(seg_ref.shape, np.uint8)
     twice = [SegmentInfo(1, "a", (0, 0, 0)), SegmentInfo(1, "b", (0, 0, 0))]
