@@ -57,7 +57,7 @@ class SessionProcess:
 
 
 class Launcher:
-    def __init__(self, options: argparse.Namespace, token: Optional[str]) -> None:
+    def __init__(self, options: argparse.Namespace, token: Optional[str], api_slots: Optional[list] = None) -> None:
         self.options = options
         self.token = token
         if options.work_dir:
@@ -68,9 +68,22 @@ class Launcher:
         self.sessions: dict[str, SessionProcess] = {}
         self.session_places = Capacity(options.max_sessions)
         self.client: Optional[aiohttp.ClientSession] = None
+        self.api = None
+        if api_slots:  # --api: the segmentation API on this token and run queue (its jobs take turns with runs)
+            from totalseg_server.mount import MountedApi
+
+            self.api = MountedApi(options, api_slots, token, self.work, self.queue, cookie=TOKEN_COOKIE)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=0, middlewares=[host_check(self.options), self._check_token])
+        api_checks = []
+        if self.api is not None:
+            from totalseg_server.api import api_middlewares
+
+            api_checks = api_middlewares(self.api.access)
+        app = web.Application(client_max_size=0,
+                              middlewares=[host_check(self.options), *api_checks, self._check_token])
+        if self.api is not None:  # first, so that the API stops (its slots, its jobs' files) before the rest
+            self.api.install(app)
         app.router.add_get("/", self.new_session)
         app.router.add_get("/s/{sid}", self.add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.proxy)
@@ -83,8 +96,8 @@ class Launcher:
     @web.middleware
     async def _check_token(self, request: web.Request, handler) -> web.StreamResponse:
         """The token from the address (first visit: kept in a cookie, and the address is given again without it,
-        so it leaves the address bar and the history) or from the cookie."""
-        if self.token is None:
+        so it leaves the address bar and the history) or from the cookie. The API's paths have their own check."""
+        if self.token is None or (self.api is not None and _api_path(request.path)):
             return await handler(request)
         given = request.query.get(TOKEN_PARAMETER)
         if given is None:
@@ -251,6 +264,12 @@ def _cookie(request: web.Request, name: str) -> str:
         return ""
 
 
+def _api_path(path: str) -> bool:
+    from totalseg_server.api import owns
+
+    return owns(path)
+
+
 def _ended() -> web.Response:
     return web.Response(status=404, content_type="text/html", text=(
         "This session has ended (its page was closed for too long, or the server restarted). "
@@ -270,6 +289,8 @@ async def _pump(source, target) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from totalseg_server.mount import add_api_arguments
+
     p = argparse.ArgumentParser(prog="totalseg_web", description=(
         "TotalSegmentator in the browser: segment CT and MR images on this server from any browser on the network."))
     access.add_access_arguments(p, TOKEN_VARIABLE, 8080)
@@ -284,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "browser before its scene and files are removed (default 300)")
     p.add_argument("--work-dir", type=Path, help="where sessions keep uploads and results (default: the "
                    "system's temporary folder); removed on exit")
+    p.add_argument("--api", action="store_true", help="also serve the segmentation API (/api/v1, and MONAI "
+                   "Label's routes) on the same token, its jobs taking turns with the browser runs; the options "
+                   "below are the API's")
+    add_api_arguments(p)
     return p
 
 
@@ -292,19 +317,27 @@ def access_token(options: argparse.Namespace) -> Optional[str]:
     return access.access_token(options, TOKEN_VARIABLE)
 
 
-def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> list:
+    """Refuse bad options (exit status 2); the API's slots (none without --api)."""
+    from totalseg_server.mount import check_api_options
+
     if options.data_root and not options.data_root.is_dir():
         parser.error(f"--data-root {options.data_root} is not a folder.")
     for name in ("max_upload_mb", "concurrent_runs", "max_sessions", "session_timeout"):
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive.")
     access.check_access_options(parser, options, TOKEN_VARIABLE)
+    specs = check_api_options(parser, options)
+    return specs if options.api else []
 
 
 def banner(options: argparse.Namespace, token: Optional[str], port: int) -> str:
     shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     lines = [f"TotalSegmentator web app: open {url}"]
+    if getattr(options, "api", False):
+        lines.append(f"API: http://{shown}:{port}/api/v1 (and MONAI Label's /info/)"
+                     + (", the same token as 'Authorization: Bearer'" if token else ""))
     warning = access.open_server_warning(options, token)
     if warning:
         lines.append(warning)
@@ -314,10 +347,10 @@ def banner(options: argparse.Namespace, token: Optional[str], port: int) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    check_options(parser, options)
+    specs = check_options(parser, options)
     access.warn_if_token_on_command_line(options, TOKEN_VARIABLE)
     token = access_token(options)
-    launcher = Launcher(options, token)
+    launcher = Launcher(options, token, specs)
     print(banner(options, token, options.port), flush=True)
     web.run_app(launcher.app(), host=options.host, port=options.port, print=None, shutdown_timeout=15)
     return 0
