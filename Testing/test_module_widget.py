@@ -124,13 +124,14 @@ def test_task_list_speeds_and_devices(panel):
     labels = [ui.taskComboBox.itemText(i) for i in range(ui.taskComboBox.count)]
     assert any("licence" in label and label.startswith("heartchambers_highres") for label in labels)
     assert "117 structures" in ui.taskComboBox.itemData(0, qt.Qt.ToolTipRole)
-    assert [ui.deviceComboBox.itemData(i) for i in (0, ui.deviceComboBox.count - 1)] == ["auto", "cpu"]
+    assert [ui.deviceComboBox.itemData(i) for i in (0, ui.deviceComboBox.count - 2, ui.deviceComboBox.count - 1)] \
+        == ["auto", "cpu", "remote"]
     ui.speedFastRadioButton.click()
     assert panel._parameterNode.speed == "fast"
     choose(ui.taskComboBox, "lung_vessels  (CT)")  # a task with one speed: fast falls back to normal
     assert panel._parameterNode.task == "lung_vessels" and panel._parameterNode.speed == "normal"
     assert not ui.speedFastRadioButton.enabled and ui.speedNormalRadioButton.checked
-    ui.deviceComboBox.currentIndex = ui.deviceComboBox.count - 1
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.count - 2
     assert panel._parameterNode.device == "cpu"
 
 
