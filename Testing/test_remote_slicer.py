@@ -318,3 +318,22 @@ def test_a_slicer_without_torch_nnunet_or_nibabel_segments_on_a_server(server, d
     assert done.returncode == 0, done.stderr[-3000:]
     count, loaded = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert int(count) > 5 and loaded == "none"
+
+
+def test_the_panel_shows_its_place_in_the_server_queue(app, panel, slow_home, tmp_path, data_dir):
+    """Two clients, one engine slot: the panel's run waits behind a script's job and says so, then runs."""
+    from totalseg_remote import RemoteServer
+
+    busy = start_server(slow_home, tmp_path / "busy")
+    try:
+        other = RemoteServer(busy.url).submit(data_dir / "example_ct_sm.nii.gz", {"task": "total", "speed": "fast"})
+        ct(app, data_dir)
+        choose_remote(panel, busy.url)
+        panel.ui.applyButton.click()
+        app.spin(lambda: "ahead" in panel.ui.statusLabel.text or panel.ui.applyButton.text == "Apply", timeout_s=60)
+        assert panel.ui.statusLabel.text == "Waiting on the server: 1 job ahead", panel.ui.logTextEdit.toPlainText()
+        assert panel.ui.progressBar.value == 0
+        app.spin(lambda: panel.ui.applyButton.text == "Apply", timeout_s=300)
+        assert panel.ui.statusLabel.text == "Done." and other.status().state == "succeeded"
+    finally:
+        stop_server(busy)
