@@ -44,7 +44,10 @@ try:
     server.info()
 except totalseg_remote.ServerUnreachableError as err:
     print("unreachable:", err)
-third_party = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"totalseg_remote"}})
+# __main__ is this script; _cython_*/cython_runtime are what compiled modules (charset_normalizer's) register
+third_party = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"totalseg_remote",
+                     "__main__", "cython_runtime"}})
+third_party = [name for name in third_party if not name.startswith("_cython_")]
 print(third_party)
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=MODULE_ROOT, capture_output=True, text=True, timeout=60)

@@ -130,6 +130,7 @@ def test_two_clients_with_one_slot_take_turns_and_the_second_sees_its_place(serv
         pass
     statuses: dict[str, list] = {"first": [], "second": []}
     second = remote.submit(data_dir / "example_ct_sm.nii.gz", FAST)
+    assert (second.last_status.state, second.last_status.position) == ("queued", 1)  # known from the answer on
     threads = [threading.Thread(target=job.wait, kwargs={"on_progress": statuses[name].append, "poll_s": 0.05})
                for name, job in (("first", first), ("second", second))]
     for thread in threads:
