@@ -125,3 +125,29 @@ def test_a_corrupt_file_fails_with_the_readers_message_naming_the_file_as_sent(s
     answer = requests.post(server.url + "api/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30,
                            files={"request": (None, json.dumps(FAST)), "image": ("notes.txt", b"hello")})
     assert answer.status_code == 400 and "notes.txt" in answer.json()["error"]
+
+
+def test_finished_jobs_are_forgotten_and_their_files_removed_after_the_set_time(tmp_path):
+    from totalseg_engine import SegmentationRequest
+    from totalseg_server.jobs import Job, JobState, JobStore
+    from totalseg_server.jobs import UnknownJobError as ServerUnknownJob
+
+    store = JobStore(tmp_path / "jobs", keep_results_s=60)
+    jobs = []
+    for state in (JobState.SUCCEEDED, JobState.RUNNING):
+        folder = store.new_folder()
+        (folder / "result").mkdir()
+        (folder / "result" / "segmentation.nii.gz").write_bytes(b"x")
+        job = Job(id=store.new_id(), folder=folder, input=folder / "in.nii.gz", input_name="in.nii.gz",
+                  request=SegmentationRequest(), formats=("nifti",))
+        job.update(state=state)
+        store.add(job)
+        jobs.append(job)
+    done, running = jobs
+    assert store.expire(done.ended + 59) == [] and done.folder.exists()
+    assert store.expire(done.ended + 60) == [done.id]
+    assert not done.folder.exists() and running.folder.exists()  # a running job is never expired
+    with pytest.raises(ServerUnknownJob, match="may have restarted .* or the job's results expired"):
+        store.get(done.id)
+    store.remove_all()
+    assert not (tmp_path / "jobs").exists()
