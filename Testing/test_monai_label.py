@@ -76,8 +76,9 @@ def test_upload_then_infer_gives_the_local_result_voxel_for_voxel(server, data_d
 
     # the image sent with the request itself (MONAI Label's "file"), without the datastore
     label_file, _ = client.infer("total_fast", "direct", {}, file=ct)
+    refused = client_module.MONAILabelClientException
     assert np.array_equal(np.asarray(nib.load(label_file).dataobj), np.asarray(local_labels.dataobj))
-    with pytest.raises(client_module.MONAILabelClientException, match="404.*No image .*never-uploaded.* upload it first"):
+    with pytest.raises(refused, match="404.*No image .*never-uploaded.* upload it first"):
         client.infer("total_fast", "never-uploaded", {})
-    with pytest.raises(client_module.MONAILabelClientException, match="404.*No model .*deepedit"):
+    with pytest.raises(refused, match="404.*No model .*deepedit"):
         client.infer("deepedit", "case-1", {})

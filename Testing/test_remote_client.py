@@ -146,8 +146,8 @@ def test_cancel_from_another_thread_stops_the_wait_and_cancels_the_job(scripted)
 def test_status_lines_for_a_panel():
     assert JobStatus.from_json({"id": "a", "state": "queued", "position": 1}).describe() == \
         "Waiting on the server: 1 job ahead"
-    running = JobStatus.from_json({"id": "a", "state": "running", "progress": {"stage": "predict",
-                                                                                 "message": "Predicting", "fraction": 0.5}})
+    progress = {"stage": "predict", "message": "Predicting", "fraction": 0.5}
+    running = JobStatus.from_json({"id": "a", "state": "running", "progress": progress})
     assert running.describe() == "Predicting (50 %)" and not running.finished
 
 
