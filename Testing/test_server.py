@@ -210,3 +210,10 @@ def test_totalseg_web_with_api_serves_the_browser_app_and_the_api_on_one_token(s
         assert web.get("info/", token="wrong").status_code == 401
     finally:
         stop_server(web)
+
+
+def test_totalseg_webs_api_options_without_api_are_refused():
+    for option in (["--gpus", "0"], ["--download-weights"]):
+        done = subprocess.run([sys.executable, "-m", "totalseg_web.launcher", *option], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and f"{option[0]} needs --api" in done.stderr, done.stderr
