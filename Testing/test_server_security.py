@@ -6,8 +6,11 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 from urllib.parse import urlparse
 
 import pytest
@@ -151,3 +154,19 @@ def test_finished_jobs_are_forgotten_and_their_files_removed_after_the_set_time(
         store.get(done.id)
     store.remove_all()
     assert not (tmp_path / "jobs").exists()
+
+
+def test_the_command_line_takes_the_token_from_its_variable_and_names_it_when_refused(server, data_dir, tmp_path):
+    def cli(env):
+        return subprocess.run([sys.executable, "-m", "totalseg_engine", "-i", str(data_dir / "example_ct_sm.nii.gz"),
+                               "-o", str(tmp_path / "seg.nii.gz"), "--ml", "--fast", "-q", "--server", server.url],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "TOTALSEG_HOME_DIR": str(tmp_path / "no-weights"), **env})
+
+    refused = cli({"TOTALSEG_SERVER_TOKEN": ""})
+    assert refused.returncode != 0 and "needs an access token. Set the right token in TOTALSEG_SERVER_TOKEN " \
+        "(or --token)" in refused.stderr, refused.stderr
+    assert not (tmp_path / "seg.nii.gz").exists()
+    done = cli({"TOTALSEG_SERVER_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "seg.nii.gz").exists()
