@@ -4,7 +4,10 @@ mid-prediction (``slow_home``)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -45,6 +48,20 @@ def test_cancel_mid_run_ends_the_engines_whole_process_group_and_a_fresh_slot_ta
         [fresh] = server.slots()
         assert fresh != slot
         assert remote.info()["queue"] == {"queued": 0, "running": 0}
+
+        # the command line stopped mid-run (SIGTERM, as the panel's Cancel; Ctrl+C alike) cancels its job too
+        ct = data_dir / "example_ct_sm.nii.gz"
+        command = subprocess.Popen([sys.executable, "-m", "totalseg_engine", "-i", str(ct), "-o",
+                                    str(tmp_path / "seg.nii.gz"), "--ml", "--fast", "--server", server.url],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "TOTALSEG_HOME_DIR": str(tmp_path / "none")})
+        deadline = time.monotonic() + 120
+        while remote.info()["queue"]["running"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(60) != 0
+        assert remote.info()["queue"] == {"queued": 0, "running": 0}  # cancelled, not left to run
+        assert group_members(fresh) == [] and not (tmp_path / "seg.nii.gz").exists()
     finally:
         stop_server(server)
 
