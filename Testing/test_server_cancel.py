@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -72,11 +73,26 @@ def test_a_server_killed_mid_run_takes_its_slots_along_and_the_client_hears_with
     [slot] = server.slots()
     job = RemoteServer(server.url, lost_after_s=2.0).submit(data_dir / "example_ct_sm.nii.gz", FAST)
     running(job)
+    streamed: list = []  # a second client follows the same job by its event stream
+
+    def follow() -> None:
+        try:
+            for status in job.server.job(job.id).events():
+                streamed.append(status)
+        except ServerLostError as err:
+            streamed.append(err)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    while not streamed:
+        time.sleep(0.05)
     server.process.send_signal(signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(ServerLostError, match="stopped answering during the job") as lost:
         job.wait(poll_s=0.2)
     assert time.monotonic() - started < 6 and "run it again once the server is back" in str(lost.value)
+    follower.join(10)
+    assert isinstance(streamed[-1], ServerLostError) and "Nothing was written" in str(streamed[-1])
     assert seconds_until_gone([slot], 10) < 10, "the slot outlived its server"
     assert group_members(slot) == []
     assert slot_processes(server.process.pid) == []
