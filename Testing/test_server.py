@@ -117,7 +117,9 @@ def test_an_uncompressed_image_is_sent_compressed_and_segmented_alike(server, da
     job.wait(poll_s=0.1)
     assert sent[-1] < 0.8 * raw.stat().st_size  # gzip on the way (a CT compresses to about two thirds)
     plain = remote.submit(data_dir / "example_ct_sm.nii.gz", FAST)
-    plain.wait(poll_s=0.1)
+    streamed = list(plain.events())  # Server-Sent Events instead of polling
+    assert streamed[-1].state == "succeeded" and streamed[-1].fraction == 1.0
+    assert any(status.stage == "predict" for status in streamed)
     a = nib.load(job.download("nifti", tmp_path / "a.nii.gz"))
     b = nib.load(plain.download("nifti", tmp_path / "b.nii.gz"))
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
@@ -130,6 +132,7 @@ def test_two_clients_with_one_slot_take_turns_and_the_second_sees_its_place(serv
         pass
     statuses: dict[str, list] = {"first": [], "second": []}
     second = remote.submit(data_dir / "example_ct_sm.nii.gz", FAST)
+    assert (second.last_status.state, second.last_status.position) == ("queued", 1)  # known from the answer on
     threads = [threading.Thread(target=job.wait, kwargs={"on_progress": statuses[name].append, "poll_s": 0.05})
                for name, job in (("first", first), ("second", second))]
     for thread in threads:
@@ -190,3 +193,27 @@ def test_a_job_chooses_its_device_only_among_the_servers(server, data_dir):
     job = remote.submit(data_dir / "example_ct_sm.nii.gz", {**FAST, "device": "gpu"})  # any slot
     assert job.wait(poll_s=0.1).device == "cpu"
 
+
+
+def test_totalseg_web_with_api_serves_the_browser_app_and_the_api_on_one_token(server_home, data_dir, tmp_path):
+    web = start_server(server_home, tmp_path / "work", "--api", module="totalseg_web.launcher",
+                       env={"TOTALSEG_WEB_TOKEN": "one-token"}, token="one-token")
+    try:
+        assert "API: http://127.0.0.1:" in web.log()
+        assert web.get("api/v1/info", token=None).status_code == 401
+        assert web.get("", token=None).status_code == 401  # the browser app keeps its own rule
+        job = RemoteServer(web.url, "one-token").submit(data_dir / "example_ct_sm.nii.gz", FAST)
+        assert job.wait(poll_s=0.1).state == "succeeded"
+        # a browser that has the app's token cookie may use the API too (the app's page calls it)
+        cookie = web.get("?token=one-token", token=None, allow_redirects=False).cookies
+        assert web.get("api/v1/info", token=None, cookies=cookie).status_code == 200
+        assert web.get("info/", token="wrong").status_code == 401
+    finally:
+        stop_server(web)
+
+
+def test_totalseg_webs_api_options_without_api_are_refused():
+    for option in (["--gpus", "0"], ["--download-weights"]):
+        done = subprocess.run([sys.executable, "-m", "totalseg_web.launcher", *option], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and f"{option[0]} needs --api" in done.stderr, done.stderr

@@ -130,12 +130,12 @@ class Api:
         folder = self.service.store.new_folder()
         try:
             job = await self._read_job(request, folder)
+            job.place = place
+            await self.service.submit(job)
         except BaseException:
             place.release()
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        job.place = place
-        self.service.submit(job)
         return web.json_response({"id": job.id, "state": job.state.value, "position": job.position}, status=202)
 
     async def _read_job(self, request: web.Request, folder) -> Job:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from totalseg_engine import SegmentationRequest
+from totalseg_engine import SegmentationRequest, State
 from totalseg_web.capacity import Place
 
 RESULT_FILES = {"nifti": "segmentation.nii.gz", "seg_nrrd": "segmentation.seg.nrrd",
@@ -29,15 +29,17 @@ ID_BYTES = 24
 
 
 class JobState(str, enum.Enum):
+    """A job waits in the queue, then lives as an engine run does: the later states are the runner's own."""
+
     QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    RUNNING = State.RUNNING.value
+    SUCCEEDED = State.SUCCEEDED.value
+    FAILED = State.FAILED.value
+    CANCELLED = State.CANCELLED.value
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        return self is not JobState.QUEUED and State(self.value).finished
 
 
 class UnknownJobError(KeyError):

@@ -163,11 +163,11 @@ class MonaiLabel:
             job = Job(id=self.service.store.new_id(), folder=folder, input=source, input_name=name,
                       request=job_request, formats=("nifti",), device=self.service.slot_device(job_request.device),
                       place=place)
+            await self.service.submit(job)
         except BaseException:
             place.release()
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        self.service.submit(job)
         return job
 
     async def _source(self, request: web.Request, upload: uploads.Upload, folder: Path) -> tuple[Path, bool, str]:

@@ -16,18 +16,28 @@ from .monai import MonaiLabel
 from .service import SegmentationService
 from .slots import SlotSpec, parse_gpus, slot_specs
 
+API_DEFAULTS = {"gpus": None, "slots": None, "max_jobs": 16, "keep_results": 3600, "download_weights": False}
+
 
 def add_api_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the API's slots and jobs (both commands)."""
     p.add_argument("--gpus", metavar="LIST", help="one warm engine slot per GPU listed (such as 0,1); each slot "
                    "sees only its GPU. Default: --slots CPU slots")
     p.add_argument("--slots", type=int, metavar="N", help="warm engine slots on the CPU (default 1), sharing its cores")
-    p.add_argument("--max-jobs", type=int, default=16, help="jobs held at once, queued or running (default 16); "
-                   "more are refused with 503")
-    p.add_argument("--keep-results", type=float, default=3600, metavar="SECONDS", help="how long a finished job's "
-                   "results stay for download (default 3600); everything is removed when the server stops")
+    p.add_argument("--max-jobs", type=int, default=API_DEFAULTS["max_jobs"], help="jobs held at once, queued or "
+                   "running (default 16); more are refused with 503")
+    p.add_argument("--keep-results", type=float, default=API_DEFAULTS["keep_results"], metavar="SECONDS",
+                   help="how long a finished job's results stay for download (default 3600); everything is removed "
+                   "when the server stops")
     p.add_argument("--download-weights", action="store_true", help="let jobs download missing weights (default: "
                    "only tasks whose weights are installed run; install them with totalseg_download_weights)")
+
+
+def refuse_api_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """``totalseg_web`` without ``--api``: an API option given anyway is a usage error, never silently ignored."""
+    for name, default in API_DEFAULTS.items():
+        if getattr(options, name) != default:
+            parser.error(f"--{name.replace('_', '-')} needs --api: it sets the segmentation API's slots and jobs.")
 
 
 def check_api_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> list[SlotSpec]:

@@ -158,9 +158,18 @@ class SegmentationService:
         wanted = {"nifti", *data, *(("statistics",) if statistics else ())}
         return tuple(kind for kind in FORMATS if kind in wanted)
 
-    def submit(self, job: Job) -> None:
+    async def submit(self, job: Job) -> None:
+        """Queue a job: its ticket is drawn before the client hears of the job, so even the first answer carries
+        its real place in the queue (never a 0 that a waiting client would read as "next")."""
+        ticket = await asyncio.to_thread(self.queue.join, QUEUE_OWNER)
+        try:
+            position = await asyncio.to_thread(ticket.ahead)
+        except BaseException:
+            await asyncio.to_thread(ticket.leave)
+            raise
+        job.update(position=position)
         self.store.add(job)
-        self._spawn(self._run(job))
+        self._spawn(self._run(job, ticket))
 
     async def cancel(self, job: Job) -> None:
         """Cancel a job; a running one's slot is killed, and this returns once its whole process group is gone."""
@@ -183,8 +192,7 @@ class SegmentationService:
 
     # ------------------------------------------------------------------ running
 
-    async def _run(self, job: Job) -> None:
-        ticket = await asyncio.to_thread(self.queue.join, QUEUE_OWNER)
+    async def _run(self, job: Job, ticket: Ticket) -> None:
         try:
             slot = await self._wait_for_turn(job, ticket)
             if slot is not None:

@@ -319,7 +319,7 @@ def access_token(options: argparse.Namespace) -> Optional[str]:
 
 def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> list:
     """Refuse bad options (exit status 2); the API's slots (none without --api)."""
-    from totalseg_server.mount import check_api_options
+    from totalseg_server.mount import check_api_options, refuse_api_options
 
     if options.data_root and not options.data_root.is_dir():
         parser.error(f"--data-root {options.data_root} is not a folder.")
@@ -327,8 +327,10 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) 
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive.")
     access.check_access_options(parser, options, TOKEN_VARIABLE)
-    specs = check_api_options(parser, options)
-    return specs if options.api else []
+    if not options.api:
+        refuse_api_options(parser, options)
+        return []
+    return check_api_options(parser, options)
 
 
 def banner(options: argparse.Namespace, token: Optional[str], port: int) -> str:
