@@ -98,7 +98,6 @@ def fill(panel) -> None:
 def fill_remote(panel) -> None:
     """Show the panel as during a run on a remote server, waiting in its queue."""
     from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QWidget
-
     from totalseg_slicer.remote import token_storage_note
 
     def find(cls, name):
