@@ -26,7 +26,7 @@ from model_factory import (  # noqa: E402
     write_task_models,
 )
 from mrml_support import load_volume  # noqa: E402
-from slicer_app_stand_in import import_module, install, module_parent, open_panel, qt  # noqa: E402
+from slicer_app_stand_in import import_module, install, module_parent, open_panel, opened_panel, qt  # noqa: E402
 from slicer_pip_stand_ins import PipRecorder, slicer_58, slicer_512  # noqa: E402
 from totalseg_engine.weights import paths  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
@@ -54,11 +54,8 @@ def slicer_app(mrml, monkeypatch, tmp_path):
 
 @pytest.fixture
 def panel(slicer_app):
-    widget, module_panel = open_panel(slicer_app.module)
-    yield widget
-    if module_panel.isEntered:
-        module_panel.exit()
-    widget.cleanup()
+    with opened_panel(slicer_app.module) as widget:
+        yield widget
 
 
 def vtk_strings(getter) -> list[str]:

@@ -24,7 +24,7 @@ pytest.importorskip("PySide6", reason="PySide6 stands in for PythonQt's Qt")
 import requests  # noqa: E402
 from mrml_support import load_volume, segments, snapshot  # noqa: E402
 from server_support import start_server, stop_server  # noqa: E402
-from slicer_app_stand_in import import_module, install, open_panel  # noqa: E402
+from slicer_app_stand_in import import_module, install, opened_panel  # noqa: E402
 from totalseg_engine import State  # noqa: E402
 from totalseg_slicer import remote as remote_slicer  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
@@ -57,11 +57,8 @@ def app(mrml, monkeypatch, tmp_path, server_home):
 
 @pytest.fixture
 def panel(app):
-    widget, module_panel = open_panel(app.module)
-    yield widget
-    if module_panel.isEntered:
-        module_panel.exit()
-    widget.cleanup()
+    with opened_panel(app.module) as widget:
+        yield widget
 
 
 def ct(app, data_dir):

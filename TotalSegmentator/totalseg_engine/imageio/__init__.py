@@ -27,11 +27,10 @@ not at all, and an existing output is only replaced when the caller says so. One
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy_exports import lazy_exports
 
-# Imported on first use (PEP 562): the Slicer side needs the atomic writer and the grid mapping before (or
-# without) nibabel, which the readers and writers need.
+# Imported on first use: the Slicer side needs the atomic writer and the grid mapping before (or without) nibabel,
+# which the readers and writers need.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "atomic": ("atomic_output", "check_output_path"),
     "dicom": ("dicom_modality", "dicom_series_files", "dicom_series_folder", "is_dicom_source"),
@@ -44,19 +43,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "seg_nrrd": ("SegmentInfo", "seg_nrrd_fields", "write_seg_nrrd"),
     "validation": ("load_image", "validate_image"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
