@@ -61,3 +61,24 @@ def mrml():
         logic.SetMRMLScene(scene)
     yield SimpleNamespace(scene=scene, **logics)
     scene.Clear(1)
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory) -> Path:
+    """A weights home for the remote-server tests: untrained fast ``total`` weights at test size (seconds a job)."""
+    from model_factory import SMALL_3MM, write_task_models
+
+    home = tmp_path_factory.mktemp("server-home")
+    write_task_models(home / "nnunet" / "results", "total", "fast", SMALL_3MM, seed=5)
+    return home
+
+
+@pytest.fixture(scope="session")
+def slow_home(tmp_path_factory) -> Path:
+    """The same task with a larger network: a job on example_ct_sm predicts for about ten seconds on 2 cores, long
+    enough to cancel it or kill its server mid-run."""
+    from model_factory import SMALL, write_task_models
+
+    home = tmp_path_factory.mktemp("slow-home")
+    write_task_models(home / "nnunet" / "results", "total", "fast", SMALL, seed=5)
+    return home

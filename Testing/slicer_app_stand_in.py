@@ -15,12 +15,13 @@ What is real here: the MRML scene and nodes (slicer-core), ``slicer.util`` (slic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
 import unittest
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import slicer
 import slicer.util
@@ -236,6 +237,18 @@ def import_module(monkeypatch, module_file: Path) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, module_file.stem, module)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def opened_panel(module: Any) -> Iterator[Any]:
+    """The module's widget, opened as :func:`open_panel` does; left and cleaned up as Slicer does afterwards."""
+    widget, panel = open_panel(module)
+    try:
+        yield widget
+    finally:
+        if panel.isEntered:
+            panel.exit()
+        widget.cleanup()
 
 
 def open_panel(module: Any) -> tuple[Any, ModulePanel]:

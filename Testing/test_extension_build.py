@@ -39,7 +39,7 @@ MODULE_SOURCE = ROOT / "TotalSegmentator"
 STAND_IN = ROOT / "Testing" / "slicer_cmake_stand_in"
 SCRIPTED_MODULES_DIR = "lib/Slicer-5.10/qt-scripted-modules"
 """Slicer_QTSCRIPTEDMODULES_LIB_DIR of the stand-in (Slicer 5.10), in the build tree and below the install prefix."""
-PACKAGES = ("totalseg_engine", "totalseg_slicer")
+PACKAGES = ("totalseg_engine", "totalseg_slicer", "totalseg_remote")  # totalseg_remote: the panel's remote server
 FOREIGN_REPOSITORIES = ("lassoan/SlicerTotalSegmentator", "wasserth/TotalSegmentator", "Slicer/Slicer")
 """Other projects' repositories this extension's metadata once pointed into, or could be confused with."""
 APACHE_2_TERMS_SHA256 = "b316b715c7f48af32f6265b3de80b9656fdbddc57f5854215c8a4c6e0ad42c05"
@@ -206,7 +206,7 @@ from pathlib import Path
 
 root = Path(sys.argv[1]).resolve()
 modules = {}
-for package in ("totalseg_engine", "totalseg_slicer"):
+for package in ("totalseg_engine", "totalseg_slicer", "totalseg_remote"):
     top = importlib.import_module(package)
     modules[package] = top.__file__
     for info in pkgutil.walk_packages(top.__path__, package + "."):

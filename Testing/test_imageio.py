@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import shutil
 import tempfile
 import warnings
@@ -580,6 +581,17 @@ def test_seg_nrrd_header_geometry_is_exact_for_an_oblique_grid(tmp_path: Path, s
     np.testing.assert_array_equal(slicerio.read_segmentation(str(out))["ijkToLPS"], LPS @ ref.affine)
 
 
+def test_seg_nrrd_is_the_same_file_whenever_it_is_written(seg_ref: nib.Nifti1Image, tmp_path: Path) -> None:
+    """No time and no name in its gzip header: the atomic write's temporary name must not end up in the file (a
+    remote run and a local run of the same segmentation give the same bytes)."""
+    data = np.zeros(seg_ref.shape, np.uint8)
+    data[1:3, 2:4, 0:5] = 1
+    first = imageio.write_seg_nrrd(data, seg_ref, [SegmentInfo(1, "a", (0, 0, 0))], tmp_path / "one.seg.nrrd")
+    second = imageio.write_seg_nrrd(data, seg_ref, [SegmentInfo(1, "a", (0, 0, 0))], tmp_path / "two.seg.nrrd")
+    assert first.read_bytes() == second.read_bytes()
+    assert b".tmp" not in first.read_bytes() and b"one" not in first.read_bytes().split(b"\n\n", 1)[1][:64]
+
+
 def test_seg_nrrd_refuses_duplicates_and_existing_output(seg_ref: nib.Nifti1Image, tmp_path: Path) -> None:
     data = np.zeros(seg_ref.shape, np.uint8)
     twice = [SegmentInfo(1, "a", (0, 0, 0)), SegmentInfo(1, "b", (0, 0, 0))]
@@ -605,3 +617,19 @@ def test_segment_info_validates_its_fields() -> None:
 def test_reorient_to_grid_refuses_different_grids(seg_ref: nib.Nifti1Image, ct_path: Path) -> None:
     with pytest.raises(ValueError, match="more than axis order"):
         imageio.reorient_to_grid(nib.load(ct_path), seg_ref)
+
+
+@pytest.mark.parametrize("permutation", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("flips", list(itertools.product((1, -1), repeat=3)))
+def test_array_onto_grid_maps_every_axis_order_as_nibabel_does(permutation, flips) -> None:
+    """The numpy-only mapping (Slicer imports with it without nibabel) against nibabel's own reorientation, for
+    all 48 axis orders of a non-cubic, off-origin grid."""
+    rng = np.random.default_rng(3)
+    ref = nib.Nifti1Image(rng.integers(0, 9, (5, 6, 7), dtype=np.uint8),
+                          np.diag([-1.5, -0.8, 2.0, 1.0]) + np.array([[0, 0, 0, 10], [0, 0, 0, -4], [0, 0, 0, 3],
+                                                                     [0, 0, 0, 0]]))
+    ornt = np.array([[axis, flip] for axis, flip in zip(permutation, flips)])
+    moved = ref.as_reoriented(ornt)
+    data, affine = imageio.array_onto_grid(np.asanyarray(moved.dataobj), moved.affine, ref.affine, ref.shape)
+    np.testing.assert_array_equal(data, np.asanyarray(ref.dataobj))
+    np.testing.assert_allclose(affine, ref.affine, atol=1e-9)

@@ -121,3 +121,18 @@ def test_advanced_section_starts_collapsed_and_apply_disabled():
     assert collapsed == "true"
     assert widgets["applyButton"].find("property[@name='enabled']/bool").text == "false"
     assert widgets["licenseKeyLineEdit"].find("property[@name='echoMode']/enum").text == "QLineEdit::Password"
+
+
+def test_no_two_widgets_share_a_cell_of_a_form():
+    """Defect: the licence key and the weights folder were both row 7 of the Advanced form; Qt's uic then adds only
+    one of them ("QFormLayout::setWidget: Cell (7, 0) already occupied") and the other is never shown."""
+    root = ET.parse(UI_FILE).getroot()
+    for layout in root.iter("layout"):
+        if layout.get("class") != "QFormLayout":
+            continue
+        cells = [(item.get("row"), item.get("column")) for item in layout.findall("item")]
+        spans = [(item.get("row"), "1") for item in layout.findall("item") if item.get("colspan") == "2"]
+        taken = cells + spans
+        assert len(taken) == len(set(taken)), f"{layout.get('name')}: a cell is used twice: {sorted(taken)}"
+        rows = sorted({int(row) for row, _ in cells})
+        assert rows == list(range(len(rows))), f"{layout.get('name')}: rows {rows} have gaps"

@@ -26,7 +26,7 @@ from model_factory import (  # noqa: E402
     write_task_models,
 )
 from mrml_support import load_volume  # noqa: E402
-from slicer_app_stand_in import import_module, install, module_parent, open_panel, qt  # noqa: E402
+from slicer_app_stand_in import import_module, install, module_parent, open_panel, opened_panel, qt  # noqa: E402
 from slicer_pip_stand_ins import PipRecorder, slicer_58, slicer_512  # noqa: E402
 from totalseg_engine.weights import paths  # noqa: E402
 from totalseg_slicer import segmentation_import as si  # noqa: E402
@@ -54,11 +54,8 @@ def slicer_app(mrml, monkeypatch, tmp_path):
 
 @pytest.fixture
 def panel(slicer_app):
-    widget, module_panel = open_panel(slicer_app.module)
-    yield widget
-    if module_panel.isEntered:
-        module_panel.exit()
-    widget.cleanup()
+    with opened_panel(slicer_app.module) as widget:
+        yield widget
 
 
 def vtk_strings(getter) -> list[str]:
@@ -124,13 +121,14 @@ def test_task_list_speeds_and_devices(panel):
     labels = [ui.taskComboBox.itemText(i) for i in range(ui.taskComboBox.count)]
     assert any("licence" in label and label.startswith("heartchambers_highres") for label in labels)
     assert "117 structures" in ui.taskComboBox.itemData(0, qt.Qt.ToolTipRole)
-    assert [ui.deviceComboBox.itemData(i) for i in (0, ui.deviceComboBox.count - 1)] == ["auto", "cpu"]
+    assert [ui.deviceComboBox.itemData(i) for i in (0, ui.deviceComboBox.count - 2, ui.deviceComboBox.count - 1)] \
+        == ["auto", "cpu", "remote"]
     ui.speedFastRadioButton.click()
     assert panel._parameterNode.speed == "fast"
     choose(ui.taskComboBox, "lung_vessels  (CT)")  # a task with one speed: fast falls back to normal
     assert panel._parameterNode.task == "lung_vessels" and panel._parameterNode.speed == "normal"
     assert not ui.speedFastRadioButton.enabled and ui.speedNormalRadioButton.checked
-    ui.deviceComboBox.currentIndex = ui.deviceComboBox.count - 1
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.count - 2
     assert panel._parameterNode.device == "cpu"
 
 

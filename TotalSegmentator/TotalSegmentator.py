@@ -2,7 +2,8 @@
 
 The widget only binds the panel to a parameter node and forwards buttons to the logic. The logic runs the
 Qt-free path of ``totalseg_slicer.job`` (export the volume, run the engine in a child process, import the
-result) and owns the QTimer that polls it, so Slicer stays responsive and the run can be cancelled.
+result), or of ``totalseg_slicer.remote`` on a remote server (upload, follow, download, the same import), and
+owns the QTimer that polls it, so Slicer stays responsive and the run can be cancelled.
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ from totalseg_engine import (
     segment_info,
     set_license_key,
 )
-from totalseg_slicer import dependencies, dependency_install, devices, legacy_api, panel_state, resources, sequences
-from totalseg_slicer.job_request import from_parameter_node
+from totalseg_slicer import (
+    dependencies,
+    dependency_install,
+    devices,
+    legacy_api,
+    panel_state,
+    remote,
+    resources,
+    sequences,
+)
+from totalseg_slicer.job_request import REMOTE_DEVICE, from_parameter_node
 
 POLL_INTERVAL_MS = 100
 WEIGHTS_FOLDER_SETTING = "TotalSegmentator/WeightsFolder"
@@ -133,6 +143,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillTasks()
         self._fillDevices()
         self.ui.licenseKeyLineEdit.text = self.logic.licenseKey() or ""
+        self._showRemoteSettings()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -150,8 +161,10 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._speedButton(speed).toggled.connect(lambda checked, s=speed: checked and self._setParam("speed", s))
         ui.roiSubsetFilterLineEdit.textChanged.connect(self.onRoiFilterChanged)
         ui.roiSubsetListWidget.itemChanged.connect(lambda _: self.onRoiSubsetChanged())
-        ui.deviceComboBox.currentIndexChanged.connect(
-            lambda _: self._setParam("device", ui.deviceComboBox.currentData or "auto"))
+        ui.deviceComboBox.currentIndexChanged.connect(lambda _: self.onDeviceChanged())
+        ui.remoteUrlLineEdit.textChanged.connect(lambda _: self.onRemoteSettingsChanged())
+        ui.remoteTokenLineEdit.textChanged.connect(lambda _: self.onRemoteSettingsChanged())
+        ui.remoteTestButton.clicked.connect(self.onTestRemoteServer)
         ui.outputSegmentationSelector.currentNodeChanged.connect(ui.segmentationShow3DButton.setSegmentationNode)
         ui.inputVolumeSelector.currentNodeChanged.connect(lambda _: self._updateApplyButton())
         ui.applyButton.clicked.connect(self.onApplyOrCancel)
@@ -224,6 +237,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateRoiList()
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             self.ui.deviceComboBox.currentIndex = max(index, 0)
+            self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
         finally:
             self._updatingGui = False
         self._updateApplyButton()
@@ -331,6 +345,32 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             combo.currentIndex = max(combo.findData(self._parameterNode.device), 0)
 
+    def onDeviceChanged(self) -> None:
+        self._setParam("device", self.ui.deviceComboBox.currentData or "auto")
+        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
+
+    # ---------------------------------------------------------------- remote server
+
+    def _showRemoteSettings(self) -> None:
+        settings = self.logic.remoteServerSettings()
+        self.ui.remoteUrlLineEdit.text = settings.url
+        self.ui.remoteTokenLineEdit.text = settings.token
+        self.ui.remoteTokenNoteLabel.text = self.logic.remoteTokenNote()
+        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
+
+    def onRemoteSettingsChanged(self) -> None:
+        self.logic.setRemoteServerSettings(self.ui.remoteUrlLineEdit.text, self.ui.remoteTokenLineEdit.text)
+        self.ui.remoteStatusLabel.text = ""
+
+    def onTestRemoteServer(self) -> None:
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            self.ui.remoteStatusLabel.text = self.logic.remoteServerStatus()
+        except Exception as err:  # the client's message says what to fix
+            self.ui.remoteStatusLabel.text = f"Not connected: {getattr(err, 'message', None) or err}"
+        finally:
+            slicer.app.restoreOverrideCursor()
+
     # ---------------------------------------------------------------- run
 
     def _updateApplyButton(self) -> None:
@@ -344,9 +384,11 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isRunning:
             self.logic.cancel()
             return
-        if not self._withErrorDisplay("Installing the Python packages failed.", self.logic.ensureDependencies):
-            return
         params = self._parameterNode
+        remoteRun = params.device == REMOTE_DEVICE  # the server has the engine: nothing to install here
+        if not remoteRun and not self._withErrorDisplay("Installing the Python packages failed.",
+                                                        self.logic.ensureDependencies):
+            return
         if not self._confirmReplacement(params) or not self._confirmResources(params):
             return
         frames = self.logic.sequenceFrames(params.inputVolume)
@@ -547,18 +589,20 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
     # ---------------------------------------------------------------- console API
 
     def process(self, inputVolume, outputSegmentation=None, quality=None, cpu: bool = False, task=None,
-                subset=None, interactive: bool = False, sequenceBrowserNode=None, **options):
+                subset=None, interactive: bool = False, sequenceBrowserNode=None, server: Optional[str] = None,
+                token: Optional[str] = None, **options):
         """Segment ``inputVolume`` into ``outputSegmentation`` (created if None) and return the node.
 
         The positional order is the existing extension's: ``quality`` "normal" / "fast" / "faster" or a bool,
         ``cpu``, ``task`` (None: total), ``subset`` (ROI subset), ``interactive`` (accepted),
         ``sequenceBrowserNode`` (given: every frame of the volume's sequence). Keyword-only, ours: ``fast``,
         ``fastest``, ``roiSubset``, ``device`` and the request's options (``statistics``, ``robust_crop``, ...).
+        ``server`` (and ``token``, default $TOTALSEG_SERVER_TOKEN): segment on that TotalSegmentator server, as
+        ``device="remote"`` does on the panel's; this Slicer then needs neither torch nor nnU-Net.
         Blocks (processing Qt events so the application stays alive). Raises RuntimeError on failure.
         """
-        self.requireDependencies()
-        request = self.consoleJobRequest(quality, cpu, task, subset, options)
-        job = self._makeJob(inputVolume, outputSegmentation, request, allFrames=sequenceBrowserNode is not None)
+        request, server = self._consoleRequest(quality, cpu, task, subset, server, token, options)
+        job = self._makeJob(inputVolume, outputSegmentation, request, sequenceBrowserNode is not None, server=server)
         job.on_log = self.log
         job.on_progress = self._logProgress
         job.start()
@@ -571,11 +615,11 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
 
     def processAsync(self, inputVolume, outputSegmentation=None, quality=None, cpu: bool = False, task=None,
                      subset=None, interactive: bool = False, sequenceBrowserNode=None, onProgress=None,
-                     onLog=None, onFinished=None, **options):
+                     onLog=None, onFinished=None, server: Optional[str] = None, token: Optional[str] = None,
+                     **options):
         """Start a segmentation and return at once; callbacks run in the GUI thread; ``cancel()`` stops it."""
-        self.requireDependencies()
-        request = self.consoleJobRequest(quality, cpu, task, subset, options)
-        job = self._makeJob(inputVolume, outputSegmentation, request, allFrames=sequenceBrowserNode is not None)
+        request, server = self._consoleRequest(quality, cpu, task, subset, server, token, options)
+        job = self._makeJob(inputVolume, outputSegmentation, request, sequenceBrowserNode is not None, server=server)
         self._run(job, onProgress or self._logProgress, onLog or self.log, onFinished)
         return job
 
@@ -585,10 +629,12 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
 
         New output nodes appear only with a result: a cancelled or failed first run adds nothing to the scene.
         """
-        self.requireDependencies()
         request = from_parameter_node(params)
+        server = self.remoteServerSettings().server() if request.remote else None
+        if server is None:
+            self.requireDependencies()
         job = self._makeJob(params.inputVolume, params.outputSegmentation, request, allFrames,
-                            table=params.outputStatisticsTable if params.computeStatistics else None)
+                            table=params.outputStatisticsTable if params.computeStatistics else None, server=server)
 
         def finished(state: State, message: str) -> None:
             if state is State.SUCCEEDED:
@@ -600,10 +646,32 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
 
         self._run(job, onProgress, onLog, finished)
 
-    def _makeJob(self, inputVolume, outputSegmentation, request, allFrames: bool, table=None):
-        """The job for a request: every frame of the volume's sequence when ``allFrames``, else one run."""
-        from totalseg_slicer.job import SegmentationJob, SequenceJob  # imports nibabel: only after the install
+    def _consoleRequest(self, quality, cpu, task, subset, server, token, options):
+        """The console's arguments as a job request and the remote server to run it on (None: this computer)."""
+        if token and not server:
+            raise ValueError("token= is the access token of a server: give server= too.")
+        if server:
+            options["device"] = REMOTE_DEVICE
+        request = self.consoleJobRequest(quality, cpu, task, subset, options)
+        if not request.remote:
+            self.requireDependencies()
+            return request, None
+        if server:
+            settings = remote.ServerSettings(server, token or "")
+            return request, settings.server(token_hint="the token= argument of process(), or $TOTALSEG_SERVER_TOKEN")
+        return request, self.remoteServerSettings().server()
 
+    def _makeJob(self, inputVolume, outputSegmentation, request, allFrames: bool, table=None, server=None):
+        """The job for a request: on ``server`` (a ``totalseg_remote.RemoteServer``), every frame of the volume's
+        sequence when ``allFrames``, else one run."""
+        from totalseg_slicer.job import SegmentationJob, SequenceJob
+
+        if server is not None:
+            if allFrames:
+                raise ValueError("Every frame of a sequence is segmented on this computer only: choose a local device, "
+                                 "or segment the current frame.")
+            return remote.RemoteSegmentationJob(slicer.mrmlScene, inputVolume, outputSegmentation, request, server,
+                                                table_node=table, temp_root=self.temporaryFolder())
         if allFrames:
             return SequenceJob(slicer.mrmlScene, inputVolume, outputSegmentation, request,
                                temp_root=self.temporaryFolder())
@@ -679,8 +747,8 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
         """None when the panel's run fits into the free memory (or nobody could tell), else what is short and what
         would help: asked of Slicer's Python in a child process (only torch knows a GPU's free memory)."""
         volume = params.inputVolume
-        if volume is None or volume.GetImageData() is None:
-            return None
+        if volume is None or volume.GetImageData() is None or params.device == REMOTE_DEVICE:
+            return None  # a remote server's memory is its own
         return resources.check_resources(devices.slicer_python(), volume.GetImageData().GetDimensions(),
                                          volume.GetSpacing(), from_parameter_node(params).segmentation)
 
@@ -690,7 +758,27 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
         Asked of Slicer's Python in a child process (once, cached): importing torch here would open a CUDA
         context in Slicer itself, and a broken torch install would stop the panel from opening.
         """
-        return devices.query_devices(devices.slicer_python())
+        return [*devices.query_devices(devices.slicer_python()), (remote.REMOTE_LABEL, REMOTE_DEVICE)]
+
+    # ---------------------------------------------------------------- remote server
+
+    @staticmethod
+    def remoteServerSettings() -> remote.ServerSettings:
+        """The remote server's address and token, as kept in Slicer's settings."""
+        return remote.ServerSettings.load(qt.QSettings())
+
+    @staticmethod
+    def setRemoteServerSettings(url: str, token: str) -> None:
+        remote.ServerSettings(url, token).save(qt.QSettings())
+
+    @staticmethod
+    def remoteTokenNote() -> str:
+        """Where the token is kept, for the panel to say."""
+        return remote.token_storage_note(qt.QSettings().fileName())
+
+    def remoteServerStatus(self) -> str:
+        """Ask the remote server about itself (version, installed tasks, devices, queue); raises RemoteError."""
+        return remote.describe_server(self.remoteServerSettings().server().info())
 
     # ---------------------------------------------------------------- licence and weights
 

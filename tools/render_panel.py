@@ -5,6 +5,7 @@ plain Qt widgets, and the lists are filled with what the panel shows for the tas
 the picture with a real Slicer screenshot when one can be taken.
 
     QT_QPA_PLATFORM=offscreen python tools/render_panel.py Resources/Screenshots/panel.png
+    QT_QPA_PLATFORM=offscreen python tools/render_panel.py Resources/Screenshots/panel-remote.png --remote
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def fill(panel) -> None:
         QPlainTextEdit,
         QProgressBar,
         QPushButton,
+        QWidget,
     )
     from totalseg_engine.tasks import all_tasks
 
@@ -79,6 +81,7 @@ def fill(panel) -> None:
         roi.addItem(item)
     find(QLabel, "roiSubsetSummaryLabel").setText("2 selected")
     find(QComboBox, "deviceComboBox").addItem("auto (GPU if available)")
+    find(QWidget, "remoteServerGroupBox").setVisible(False)
     find(QLineEdit, "weightsFolderPathLineEdit").setText("~/.totalsegmentator/nnunet/results")
     find(QLabel, "weightsStatusLabel").setText("installed")
     find(QLabel, "dependenciesStatusLabel").setText("all installed")
@@ -92,14 +95,40 @@ def fill(panel) -> None:
         "Rough segmentation with 'total' to find the region\nResampling to (1.5, 1.5, 1.5) mm\nLoading model 291")
 
 
+def fill_remote(panel) -> None:
+    """Show the panel as during a run on a remote server, waiting in its queue."""
+    from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QWidget
+    from totalseg_slicer.remote import token_storage_note
+
+    def find(cls, name):
+        return panel.findChild(cls, name)
+
+    device = find(QComboBox, "deviceComboBox")
+    device.clear()
+    device.addItem("Remote server")
+    find(QWidget, "remoteServerGroupBox").setVisible(True)
+    find(QLineEdit, "remoteUrlLineEdit").setText("https://segment.radiology.example.org")
+    find(QLineEdit, "remoteTokenLineEdit").setText("a-token-from-the-administrator")
+    find(QLabel, "remoteTokenNoteLabel").setText(token_storage_note("~/.config/slicer.org/Slicer.ini"))
+    find(QLabel, "remoteStatusLabel").setText(
+        "Connected: TotalSegmentator server 0.1.0 on cuda:0, cuda:1; 14 task(s) installed (total, total_mr, ...); "
+        "1 job(s) waiting, 2 running.")
+    find(QProgressBar, "progressBar").setValue(0)
+    find(QLabel, "elapsedTimeLabel").setText("3 s")
+    find(QLabel, "statusLabel").setText("Waiting on the server: 1 job ahead")
+    find(QPlainTextEdit, "logTextEdit").setPlainText(
+        "Job 8c1f… accepted by https://segment.radiology.example.org/\nWaiting on the server: 1 job ahead")
+
+
 def main() -> None:
     import tempfile
 
     from PySide6.QtCore import QFile, QIODevice
     from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QWidget
 
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "Resources" / "Screenshots" / "panel.png")
+    arguments = [arg for arg in sys.argv[1:] if arg != "--remote"]
+    out = Path(arguments[0] if arguments else ROOT / "Resources" / "Screenshots" / "panel.png")
     app = QApplication.instance() or QApplication([])
     with tempfile.TemporaryDirectory() as folder:
         ui_path = Path(folder) / "panel.ui"
@@ -110,7 +139,10 @@ def main() -> None:
         panel = loader.load(ui_file, None)
         ui_file.close()
     fill(panel)
-    panel.resize(440, 860)
+    if "--remote" in sys.argv:
+        panel.findChild(QWidget, "advancedCollapsibleButton").setVisible(True)
+        fill_remote(panel)
+    panel.resize(440, 1180 if "--remote" in sys.argv else 860)
     panel.show()
     app.processEvents()
     out.parent.mkdir(parents=True, exist_ok=True)

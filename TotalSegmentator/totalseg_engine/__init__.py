@@ -17,8 +17,7 @@ that end with their parent), :mod:`.tasks` and :mod:`.terminology`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,8 +37,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "outputs.surfaces": ("surface_file_has_triangles",),
     "outputs.targets": ("SURFACE_OUTPUT_TYPES", "is_file_output", "multi_output_paths", "statistics_file"),
     "terminology": ("segment_info",),
-    "imageio": ("NIFTI_SUFFIXES", "SITK_SUFFIXES", "atomic_output", "dicom_series_files", "load_image",
-                "read_image", "read_label_map", "reorient_to_grid", "split_suffix"),
+    "imageio": ("NIFTI_SUFFIXES", "SITK_SUFFIXES", "array_onto_grid", "atomic_output", "dicom_series_files",
+                "load_image", "read_image", "read_label_map", "reorient_to_grid", "sitk_to_array", "split_suffix"),
     "weights": ("download_task", "ensure_weights", "get_license_key", "import_weights", "missing_models",
                 "model_dir", "set_license_key"),
     "inference.cpu": ("THREADS_VARIABLE", "engine_process_environment", "use_cpu_threads"),
@@ -49,21 +48,5 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "inference.devices": ("AUTO_DEVICE", "CPU_DEVICE", "DEVICE_LIST_MODULE", "gpu_count"),
     "inference.resources": ("RESOURCE_CHECK_MODULE",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = ["__version__", *sorted(_WHERE)]
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562), and keep the name here for the next time."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'totalseg_engine' has no public name '{name}'")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
-
+_PUBLIC, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = ["__version__", *_PUBLIC]

@@ -33,6 +33,8 @@ from .tasks import get_task
 from .weights import licensing
 
 Source = Union[str, Path, nib.Nifti1Image]
+Segmenter = Callable[[Source, SegmentationRequest, ProgressCallback, Callable[[], bool]], pipeline.Result]
+"""What gives a case its segmentation: :func:`.core.pipeline.segment` here, or a remote server's job."""
 DERIVED_MASK_TASKS = ("body",)  # tasks whose class-file output also gets body.nii.gz and skin.nii.gz
 # The official task switch when a DICOM series' Modality contradicts the task: (modality, task) -> task.
 MODALITY_SWITCH = {("MR", "total"): "total_mr", ("CT", "total_mr"): "total"}
@@ -51,12 +53,15 @@ def segment_to_files(source: Source, output: Union[str, Path, None], request: Se
                      statistics_path: Union[str, Path, None] = None, report_path: Union[str, Path, None] = None,
                      progress: ProgressCallback = ignore_progress, should_cancel: Callable[[], bool] = lambda: False,
                      runner_factory: Optional[pipeline.RunnerFactory] = None,
-                     probabilities_path: Union[str, Path, None] = None) -> CaseResult:
+                     probabilities_path: Union[str, Path, None] = None,
+                     segmenter: Optional[Segmenter] = None) -> CaseResult:
     """Segment ``source`` (a path, or a nibabel image) and write the outputs ``request`` asks for under ``output``.
 
     ``output`` None (or ``skip_saving``) writes no segmentation; the result is returned. ``statistics_path`` is
     where statistics.json goes instead of beside the output, ``report_path`` where the run report goes,
-    ``probabilities_path`` where the class probabilities go (``--save_probabilities``). Every
+    ``probabilities_path`` where the class probabilities go (``--save_probabilities``). ``segmenter`` gives the
+    segmentation instead of this machine's pipeline (``TotalSegmentator --server``: a remote job), so that every
+    output is still written here, by the same writers. Every
     output is refused before any work when it cannot be written (see :func:`.outputs.targets.check_target`). A
     licence key in the request is stored first, as the official does, so that licensed weights can be fetched.
     """
@@ -72,7 +77,10 @@ def segment_to_files(source: Source, output: Union[str, Path, None], request: Se
         check_probabilities_target(probabilities_path, request.overwrite)
     ml = request.multilabel or len(targets) > 1
     with _readable(source, targets) as readable:  # a DICOM zip is extracted once, for reading and writing
-        result = pipeline.segment(readable, request, progress, should_cancel, runner_factory, probabilities_path)
+        if segmenter is None:
+            result = pipeline.segment(readable, request, progress, should_cancel, runner_factory, probabilities_path)
+        else:
+            result = segmenter(readable, request, progress, should_cancel)
         ordered = _in_requested_order(result, request)
         for kind, target in targets.items():
             class_files = kind == "nifti" and not ml  # named by class: the order of label values does not matter

@@ -11,6 +11,8 @@ from typing import Any
 
 from totalseg_engine import SegmentationRequest, get_task
 
+REMOTE_DEVICE = "remote"  # the panel's device choice "Remote server": run on the server set in the panel
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -19,6 +21,7 @@ class JobRequest:
     segmentation: SegmentationRequest = field(default_factory=SegmentationRequest)
     use_standard_names: bool = True
     replace_existing: bool = True
+    remote: bool = False  # on the panel's remote server (the server's own engines choose the device)
 
     @property
     def task(self) -> str:
@@ -39,15 +42,17 @@ def job_request(*, device: str = "auto", offline: bool = False, use_standard_nam
                 replace_existing: bool = True, **options: Any) -> JobRequest:
     """The Slicer vocabulary (the panel's parameters and the console's keywords) as a job request, in one place.
 
-    ``device`` is the panel's choice ("auto": CUDA, then Apple MPS, then the CPU); ``offline`` the console's name
+    ``device`` is the panel's choice ("auto": CUDA, then Apple MPS, then the CPU; "remote": the panel's remote
+    server, whose engines choose theirs); ``offline`` the console's name
     for not downloading; every other keyword is a :class:`SegmentationRequest` field under its own name (``task``,
     ``speed``, ``roi_subset``, ``statistics``, ``remove_small_blobs`` ...).
     """
+    remote = device == REMOTE_DEVICE
     try:
-        segmentation = SegmentationRequest(device=device, download=not offline, **options)
+        segmentation = SegmentationRequest(device="auto" if remote else device, download=not offline, **options)
     except TypeError as err:  # a keyword that is no option
         raise ValueError(f"Unknown segmentation option: {err}") from err
-    return JobRequest(segmentation, use_standard_names, replace_existing)
+    return JobRequest(segmentation, use_standard_names, replace_existing, remote)
 
 
 def from_parameter_node(params: Any) -> JobRequest:

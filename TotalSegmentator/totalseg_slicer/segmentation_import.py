@@ -31,18 +31,21 @@ All or nothing
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-import nibabel as nib
 import numpy as np
 import slicer
 import vtk
-from totalseg_engine import InvalidInputError, read_image, read_label_map, reorient_to_grid
+from totalseg_engine import InvalidInputError, array_onto_grid
 from vtk.util import numpy_support
 
 from .volume_export import array_to_matrix, check_scalar_volume, ijk_to_ras, ijk_to_world, to_world
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 BINARY_LABELMAP = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 CLASS_TAG = "TotalSegmentator.Class"
@@ -58,7 +61,30 @@ GRID_TOLERANCE_MM = 1e-3
 SegmentInfoFn = Callable[[int, str], tuple[str, Sequence[float], Optional[str]]]
 """(label, class name) -> (display name, colour RGB in 0..1 or None for Slicer's choice, terminology entry or None)."""
 
-LabelSource = Union[str, os.PathLike, nib.spatialimages.SpatialImage, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LabelImage:
+    """Labels (voxel order x, y, z) and their RAS affine, read without nibabel (see :func:`read_label_image`)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+
+LabelSource = Union[str, os.PathLike, "nib.spatialimages.SpatialImage", LabelImage, np.ndarray]
+
+
+def read_label_image(path: Union[str, os.PathLike]) -> LabelImage:
+    """A label file (NIfTI, NRRD ...) read with SimpleITK, which Slicer ships: a Slicer that segments on a remote
+    server has no nibabel."""
+    import SimpleITK as sitk
+    from totalseg_engine import sitk_to_array
+
+    try:
+        image = sitk.ReadImage(os.fspath(path))
+    except RuntimeError as err:
+        raise InvalidInputError(f"Could not read the segmentation {os.fspath(path)}: {err}") from err
+    return LabelImage(*sitk_to_array(image))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,8 +95,12 @@ LabelSource = Union[str, os.PathLike, nib.spatialimages.SpatialImage, np.ndarray
 def _read_labels(labels: LabelSource, affine: Optional[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """The voxel array and its affine (None: already on the volume's voxels) of any accepted label source."""
     if isinstance(labels, (str, os.PathLike)):
+        from totalseg_engine import read_image  # nibabel: the engine's own reader, as the local run reads
+
         labels = read_image(labels)
-    if isinstance(labels, nib.spatialimages.SpatialImage):
+    if isinstance(labels, LabelImage):
+        return labels.array, labels.affine if affine is None else affine
+    if not isinstance(labels, np.ndarray) and "nibabel" in sys.modules:  # no image without nibabel loaded
         return np.asanyarray(labels.dataobj), labels.affine if affine is None else affine
     return np.asanyarray(labels), affine
 
@@ -107,15 +137,14 @@ def labels_on_volume_grid(labels: np.ndarray, affine: Optional[np.ndarray], refe
         if array.shape != shape:
             raise InvalidInputError(f"Label array shape {array.shape} differs from the volume's {shape}.")
         return array
-    reference = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), ijk_to_world(reference_volume, transform_source))
     try:
-        moved = reorient_to_grid(nib.Nifti1Image(array, np.asarray(affine, dtype=float)), reference, tolerance)
+        moved, _ = array_onto_grid(array, affine, ijk_to_world(reference_volume, transform_source), shape, tolerance)
     except ValueError as err:
         raise InvalidInputError(
             f"The segmentation does not lie on the voxels of volume '{reference_volume.GetName()}' (it was computed "
             f"for another image or the volume was moved since). {err}"
         ) from err
-    return np.asanyarray(moved.dataobj)
+    return moved
 
 
 def _labels_for(labels: LabelSource, affine: Optional[np.ndarray], reference_volume: slicer.vtkMRMLScalarVolumeNode,
@@ -399,6 +428,8 @@ def import_official_output(scene: slicer.vtkMRMLScene, path: Union[str, os.PathL
                            segment_info: Optional[SegmentInfoFn] = None, replace_existing: bool = True,
                            tolerance: float = GRID_TOLERANCE_MM) -> list[str]:
     """Import a multilabel NIfTI written by TotalSegmentator (``--ml``) using the label table in its header."""
+    from totalseg_engine import read_image, read_label_map
+
     image = read_image(path)
     label_map = read_label_map(image)
     if not label_map:

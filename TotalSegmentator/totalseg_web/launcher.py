@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
-import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +30,8 @@ import aiohttp
 from aiohttp import web
 from totalseg_engine import Lifeline
 
+from . import access
+from .access import host_check, is_loopback  # noqa: F401  (is_loopback: part of the launcher's interface)
 from .capacity import Capacity, Place
 from .protocol import PORT_LINE, PROXY_HEADER, SESSION_MODULE, SessionSettings, same_secret
 from .run_queue import RunQueue
@@ -44,7 +43,6 @@ START_TIMEOUT_S = 180.0
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host", "content-length"}
 NOT_FORWARDED = HOP_HEADERS | {"cookie"}  # the token cookie stays with the launcher; sessions use no cookies
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
 @dataclass
@@ -58,51 +56,8 @@ class SessionProcess:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def is_loopback(host: str) -> bool:
-    """Names and addresses only this machine reaches: localhost, 127.0.0.0/8 (all of it is the loopback
-    interface: no packet to it leaves the machine) and ::1."""
-    if host.lower().rstrip(".") in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without port or brackets, lower case ('' when there is none)."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else ""
-    name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-    return name.rstrip(".")
-
-
-def allowed_hosts(options: argparse.Namespace) -> set[str]:
-    """Host names the server answers to: loopback names, this machine's names, the listening address and every
-    ``--allowed-host``. A page on another site that renames itself to this server's address (DNS rebinding)
-    sends its own name, and is refused."""
-    names = {*LOOPBACK_NAMES, "127.0.0.1", "::1", options.host.lower()}
-    names |= {name.lower().rstrip(".") for name in options.allowed_host or []}
-    if not is_loopback(options.host):
-        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
-    return names
-
-
-def host_allowed(name: str, allowed: set[str], listening_host: str) -> bool:
-    """A known name (or none: HTTP/1.0); or, on a server listening beyond this machine, any address (not a name: no
-    DNS involved, so no rebinding)."""
-    if not name or name in allowed:
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return address.is_loopback or not is_loopback(listening_host)
-
-
 class Launcher:
-    def __init__(self, options: argparse.Namespace, token: Optional[str]) -> None:
+    def __init__(self, options: argparse.Namespace, token: Optional[str], api_slots: Optional[list] = None) -> None:
         self.options = options
         self.token = token
         if options.work_dir:
@@ -112,11 +67,23 @@ class Launcher:
         self.secret = secrets.token_urlsafe(32)
         self.sessions: dict[str, SessionProcess] = {}
         self.session_places = Capacity(options.max_sessions)
-        self.hosts = allowed_hosts(options)
         self.client: Optional[aiohttp.ClientSession] = None
+        self.api = None
+        if api_slots:  # --api: the segmentation API on this token and run queue (its jobs take turns with runs)
+            from totalseg_server.mount import MountedApi
+
+            self.api = MountedApi(options, api_slots, token, self.work, self.queue, cookie=TOKEN_COOKIE)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=0, middlewares=[self._check_host, self._check_token])
+        api_checks = []
+        if self.api is not None:
+            from totalseg_server.api import api_middlewares
+
+            api_checks = api_middlewares(self.api.access)
+        app = web.Application(client_max_size=0,
+                              middlewares=[host_check(self.options), *api_checks, self._check_token])
+        if self.api is not None:  # first, so that the API stops (its slots, its jobs' files) before the rest
+            self.api.install(app)
         app.router.add_get("/", self.new_session)
         app.router.add_get("/s/{sid}", self.add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.proxy)
@@ -127,19 +94,10 @@ class Launcher:
     # ------------------------------------------------------------------ access
 
     @web.middleware
-    async def _check_host(self, request: web.Request, handler) -> web.StreamResponse:
-        name = host_name(request.headers.get("Host", ""))
-        if not host_allowed(name, self.hosts, self.options.host):
-            return web.Response(status=400, text=(
-                f"This server does not answer to the name '{name[:100]}'. Open it by its own address; behind a "
-                f"reverse proxy, its administrator starts it with --allowed-host {name[:100] or 'NAME'}."))
-        return await handler(request)
-
-    @web.middleware
     async def _check_token(self, request: web.Request, handler) -> web.StreamResponse:
         """The token from the address (first visit: kept in a cookie, and the address is given again without it,
-        so it leaves the address bar and the history) or from the cookie."""
-        if self.token is None:
+        so it leaves the address bar and the history) or from the cookie. The API's paths have their own check."""
+        if self.token is None or (self.api is not None and _api_path(request.path)):
             return await handler(request)
         given = request.query.get(TOKEN_PARAMETER)
         if given is None:
@@ -306,6 +264,12 @@ def _cookie(request: web.Request, name: str) -> str:
         return ""
 
 
+def _api_path(path: str) -> bool:
+    from totalseg_server.api import owns
+
+    return owns(path)
+
+
 def _ended() -> web.Response:
     return web.Response(status=404, content_type="text/html", text=(
         "This session has ended (its page was closed for too long, or the server restarted). "
@@ -325,21 +289,15 @@ async def _pump(source, target) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from totalseg_server.mount import add_api_arguments
+
     p = argparse.ArgumentParser(prog="totalseg_web", description=(
         "TotalSegmentator in the browser: segment CT and MR images on this server from any browser on the network."))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                   "only). Any other address needs the access token printed at start, unless --no-token.")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    access.add_access_arguments(p, TOKEN_VARIABLE, 8080)
     p.add_argument("--data-root", type=Path, help="a folder whose images users may open from the browser; "
                    "nothing outside it is reachable")
     p.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload, also for a zip's unpacked "
                    "content (default 2048)")
-    p.add_argument("--token", help="access token to require (default: a random one when --host is not local). "
-                   f"Every user of this machine can read a command line (ps): prefer {TOKEN_VARIABLE} or --token-file")
-    p.add_argument("--token-file", type=Path, help="read the access token from the first line of this file "
-                   "(readable by the server's user only: chmod 600)")
-    p.add_argument("--no-token", action="store_true", help="serve a non-local --host without a token (anyone "
-                   "who can reach the port can use the server and see what its users upload)")
     p.add_argument("--concurrent-runs", type=int, default=1, help="segmentations running at once; the others "
                    "queue (default 1: one GPU)")
     p.add_argument("--max-sessions", type=int, default=8, help="browser sessions open at once (default 8)")
@@ -347,61 +305,54 @@ def build_parser() -> argparse.ArgumentParser:
                    "browser before its scene and files are removed (default 300)")
     p.add_argument("--work-dir", type=Path, help="where sessions keep uploads and results (default: the "
                    "system's temporary folder); removed on exit")
-    p.add_argument("--allowed-host", action="append", metavar="NAME", help="a host name the browser may use for "
-                   "this server besides its own names (behind a reverse proxy that passes its own name); repeatable")
+    p.add_argument("--api", action="store_true", help="also serve the segmentation API (/api/v1, and MONAI "
+                   "Label's routes) on the same token, its jobs taking turns with the browser runs; the options "
+                   "below are the API's")
+    add_api_arguments(p)
     return p
 
 
 def access_token(options: argparse.Namespace) -> Optional[str]:
-    """The token to require: the given one (--token, --token-file or $TOTALSEG_WEB_TOKEN), none on localhost or
-    with --no-token, else a new random one. The variable is removed here, so no session or engine inherits it."""
-    from_environment = os.environ.pop(TOKEN_VARIABLE, "").strip()
-    given = options.token or _token_from_file(options.token_file) or from_environment
-    if given:
-        return given
-    if is_loopback(options.host) or options.no_token:
-        return None
-    return secrets.token_urlsafe(16)
+    """The token to require (see :func:`.access.access_token`), from ``TOTALSEG_WEB_TOKEN`` among others."""
+    return access.access_token(options, TOKEN_VARIABLE)
 
 
-def _token_from_file(path: Optional[Path]) -> str:
-    if path is None:
-        return ""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return lines[0].strip() if lines else ""
+def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> list:
+    """Refuse bad options (exit status 2); the API's slots (none without --api)."""
+    from totalseg_server.mount import check_api_options, refuse_api_options
 
-
-def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
     if options.data_root and not options.data_root.is_dir():
         parser.error(f"--data-root {options.data_root} is not a folder.")
     for name in ("max_upload_mb", "concurrent_runs", "max_sessions", "session_timeout"):
         if getattr(options, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive.")
-    if (options.token or options.token_file or os.environ.get(TOKEN_VARIABLE)) and options.no_token:
-        parser.error(f"--token/--token-file/{TOKEN_VARIABLE} and --no-token exclude each other.")
-    if options.token_file and not options.token_file.is_file():
-        parser.error(f"--token-file {options.token_file} is not a file.")
+    access.check_access_options(parser, options, TOKEN_VARIABLE)
+    if not options.api:
+        refuse_api_options(parser, options)
+        return []
+    return check_api_options(parser, options)
 
 
 def banner(options: argparse.Namespace, token: Optional[str], port: int) -> str:
     shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     lines = [f"TotalSegmentator web app: open {url}"]
-    if token is None and not is_loopback(options.host):
-        lines.append("WARNING: this server is OPEN: anyone who can reach this address can use it and see what "
-                     "its users upload. Leave out --no-token to require an access token.")
+    if getattr(options, "api", False):
+        lines.append(f"API: http://{shown}:{port}/api/v1 (and MONAI Label's /info/)"
+                     + (", the same token as 'Authorization: Bearer'" if token else ""))
+    warning = access.open_server_warning(options, token)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    check_options(parser, options)
-    if options.token:
-        print(f"WARNING: --token is visible to every user of this machine (ps). Set {TOKEN_VARIABLE} or use "
-              "--token-file instead.", file=sys.stderr, flush=True)
+    specs = check_options(parser, options)
+    access.warn_if_token_on_command_line(options, TOKEN_VARIABLE)
     token = access_token(options)
-    launcher = Launcher(options, token)
+    launcher = Launcher(options, token, specs)
     print(banner(options, token, options.port), flush=True)
     web.run_app(launcher.app(), host=options.host, port=options.port, print=None, shutdown_timeout=15)
     return 0

@@ -54,6 +54,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Seg
     args, request = parse_command(parser, argv)
     if not (args.list_tasks or args.list_classes is not None) and (args.input is None or args.output is None):
         parser.error("both -i (input) and -o (output) are required for a segmentation")
+    if args.server or args.token:
+        from .remote import check_remote_arguments
+
+        check_remote_arguments(parser, args, request)
     return args, request
 
 
@@ -93,10 +97,15 @@ def _segment(args: argparse.Namespace, request: SegmentationRequest) -> int:
     from ..inference import allocator
 
     request = switched_task(args.input, request)
+    segmenter = None
+    if args.server:
+        from .remote import remote_segmenter
+
+        segmenter = remote_segmenter(args.server, args.token)
     with allocator.reuse_freed_memory():  # a run's own process: keep freed blocks for reuse throughout
         case = segment_to_files(args.input, args.output, request, statistics_path=statistics_path(args),
                                 report_path=args.report, progress=_reporter(args),
-                                probabilities_path=args.save_probabilities)
+                                probabilities_path=args.save_probabilities, segmenter=segmenter)
     if not args.quiet and not args.progress_json and case.targets:
         written = ", ".join(str(path) for path in case.targets.values())
         print(f"Segmentation written to {written}", file=sys.stderr)

@@ -21,6 +21,7 @@ from ..errors import InvalidOptionError
 from ..request import Flag, SegmentationRequest, request_fields
 
 ROBUST_ROI = ("-rsr", "--roi_subset_robust")  # the official shorthand for --roi_subset with --robust_crop
+TOKEN_VARIABLE = "TOTALSEG_SERVER_TOKEN"  # the remote server's access token (--server)
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside it (.pkl); of a multi-model task the last part model's, as in the official.")
     p.add_argument("--progress-json", action="store_true",
                    help="Print progress as one JSON object per line on stdout (for the Slicer panel).")
+    add_remote_arguments(p)
     p.add_argument("-lt", "--list-tasks", action="store_true", help="List all tasks and exit.")
     p.add_argument("-lc", "--list-classes", nargs="?", const="total", metavar="task",
                    help="List the classes of a task (default total) and exit.")
     add_reporting_options(p)
     return p
+
+
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    """--server and its --token: the segmentation from a remote server, every output written here."""
+    p.add_argument("--server", metavar="URL", help="segment on a TotalSegmentator server (totalseg_server, or "
+                   "totalseg_web --api) instead of this machine; the outputs are written here as a local run "
+                   "writes them")
+    p.add_argument("--token", help=f"the server's access token (default: ${TOKEN_VARIABLE}). Every user of this "
+                   f"machine can read a command line (ps): prefer {TOKEN_VARIABLE}")
 
 
 def add_reporting_options(p: argparse.ArgumentParser, refused: Sequence[ForeignFlag] = REFUSED) -> None:

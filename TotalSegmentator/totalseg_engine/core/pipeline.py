@@ -81,7 +81,7 @@ def segment(image: Union[str, Path, nib.Nifti1Image], request: Optional[Segmenta
     roi = _check_roi_subset(task, request.roi_subset)
     keep_lowres = _keeps_lowres(task, request)
     progress(ProgressEvent(stage="read", message="Reading image"))
-    original = _load(image)
+    original = load_input(image)
     notes = _notes(task, request)
     if runner_factory is None:  # released weights: fetch what is missing before any work
         from .. import weights
@@ -138,7 +138,7 @@ def labels_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Im
     return nib.Nifti1Image(labels.astype(np.uint8, copy=False), reference.affine, header)
 
 
-def _load(image: Union[str, Path, nib.Nifti1Image]) -> nib.Nifti1Image:
+def load_input(image: Union[str, Path, nib.Nifti1Image]) -> nib.Nifti1Image:
     """Read a path (NIfTI, NRRD, DICOM) or take a nibabel image; reject what cannot be segmented."""
     img = image if isinstance(image, nib.Nifti1Image) else imageio.read_image(Path(image))
     return imageio.validate_image(img)

@@ -25,21 +25,22 @@ not at all, and an existing output is only replaced when the caller says so. One
 :mod:`.seg_nrrd`.
 """
 
-from .atomic import atomic_output, check_output_path
-from .dicom import dicom_modality, dicom_series_files, dicom_series_folder, is_dicom_source
-from .formats import NIFTI_SUFFIXES, SITK_SUFFIXES, SUPPORTED_INPUTS, split_suffix
-from .grid import grid_corners, reorient_to_grid, same_grid
-from .label_table import label_table_extension, read_label_map, write_class_files, write_multilabel_nifti
-from .orientation import nifti_to_sitk, sitk_to_nifti
-from .read_errors import InputWarning, PathLike
-from .readers import read_image
-from .seg_nrrd import SegmentInfo, seg_nrrd_fields, write_seg_nrrd
-from .validation import load_image, validate_image
+from __future__ import annotations
 
-__all__ = [
-    "NIFTI_SUFFIXES", "SITK_SUFFIXES", "SUPPORTED_INPUTS", "InputWarning", "PathLike", "SegmentInfo", "atomic_output",
-    "check_output_path", "dicom_modality", "dicom_series_files", "dicom_series_folder", "grid_corners",
-    "is_dicom_source", "label_table_extension", "load_image", "nifti_to_sitk", "read_image", "read_label_map",
-    "reorient_to_grid", "same_grid", "seg_nrrd_fields", "sitk_to_nifti", "split_suffix", "validate_image",
-    "write_class_files", "write_multilabel_nifti", "write_seg_nrrd",
-]
+from ..lazy_exports import lazy_exports
+
+# Imported on first use: the Slicer side needs the atomic writer and the grid mapping before (or without) nibabel,
+# which the readers and writers need.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "atomic": ("atomic_output", "check_output_path"),
+    "dicom": ("dicom_modality", "dicom_series_files", "dicom_series_folder", "is_dicom_source"),
+    "formats": ("NIFTI_SUFFIXES", "SITK_SUFFIXES", "SUPPORTED_INPUTS", "split_suffix"),
+    "grid": ("array_onto_grid", "grid_corners", "reorient_to_grid", "same_grid"),
+    "label_table": ("label_table_extension", "read_label_map", "write_class_files", "write_multilabel_nifti"),
+    "orientation": ("nifti_to_sitk", "sitk_to_array", "sitk_to_nifti"),
+    "read_errors": ("InputWarning", "PathLike"),
+    "readers": ("read_image",),
+    "seg_nrrd": ("SegmentInfo", "seg_nrrd_fields", "write_seg_nrrd"),
+    "validation": ("load_image", "validate_image"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

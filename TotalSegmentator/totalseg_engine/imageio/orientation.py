@@ -1,14 +1,19 @@
-"""The single place where SimpleITK's LPS geometry and nibabel's RAS affines meet."""
+"""The single place where SimpleITK's LPS geometry and nibabel's RAS affines meet.
+
+nibabel is imported where a NIfTI image is made: :func:`sitk_to_array` serves Slicer without it."""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from ..errors import InvalidInputError
 from .read_errors import non_scalar_message
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 
 class _ImportedOnUse:
@@ -65,21 +70,26 @@ def _new_nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     nibabel's defaults (sform 'aligned', no qform) plus millimetre units are what dicom2nifti's
     output carries, so headers copied into outputs match the official ones.
     """
+    import nibabel as nib
+
     img = nib.Nifti1Image(array, affine)
     img.header.set_xyzt_units("mm")
     return img
 
 
-def sitk_to_nifti(image: sitk.Image) -> nib.Nifti1Image:
-    """SimpleITK image as a NIfTI image: voxel order x, y, z = SimpleITK index order, affine in RAS.
+def sitk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """A SimpleITK image as an array in voxel order x, y, z (SimpleITK's index order) and its RAS affine.
 
-    The pixel array is a transposed view of SimpleITK's (z, y, x) copy; 2-D and 4-D images keep
-    their dimensionality so :func:`validate_image` can judge them.
+    The array is a transposed view of SimpleITK's (z, y, x) copy; 2-D and 4-D images keep their dimensionality.
     """
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise InvalidInputError(non_scalar_message(image.GetPixelIDTypeAsString()))
-    array = sitk.GetArrayFromImage(image).transpose()
-    return _new_nifti(array, _affine_from_lps(*_sitk_spatial_geometry(image)))
+    return sitk.GetArrayFromImage(image).transpose(), _affine_from_lps(*_sitk_spatial_geometry(image))
+
+
+def sitk_to_nifti(image: sitk.Image) -> nib.Nifti1Image:
+    """SimpleITK image as a NIfTI image (see :func:`sitk_to_array`), so :func:`validate_image` can judge it."""
+    return _new_nifti(*sitk_to_array(image))
 
 
 def _sitk_array(array: np.ndarray) -> np.ndarray:

@@ -114,12 +114,13 @@ def _write_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, fields: Mapp
 
     Written directly rather than through SimpleITK: ITK's writer rebuilds 'space directions' from a
     normalised direction and the spacing, which can move oblique geometry by an ulp; here the
-    reference affine is written exactly. mtime=0 keeps the output reproducible.
+    reference affine is written exactly. mtime=0 and no file name (gzip would store the atomic write's temporary
+    name) keep the output reproducible.
     """
     voxels = labels.astype(labels.dtype.newbyteorder("<"), copy=False).tobytes(order="F")
     with open(path, "wb") as stream:
         stream.write(_nrrd_header(labels, affine, fields))
-        with gzip.GzipFile(fileobj=stream, mode="wb", mtime=0) as packed:
+        with gzip.GzipFile(filename="", fileobj=stream, mode="wb", mtime=0) as packed:
             packed.write(voxels)
 
 
