@@ -82,3 +82,27 @@ def test_upload_then_infer_gives_the_local_result_voxel_for_voxel(server, data_d
         client.infer("total_fast", "never-uploaded", {})
     with pytest.raises(refused, match="404.*No model .*deepedit"):
         client.infer("deepedit", "case-1", {})
+
+
+def test_a_client_that_gives_up_during_infer_ends_its_job(data_dir, tmp_path):
+    """MONAI Label's infer is one long request: a client that disconnects (a timeout, a closed Slicer) must not
+    leave its segmentation running on the server's engine until the end."""
+    import time
+
+    from model_factory import NNUNET_DEFAULT_CT, write_task_models
+
+    home = tmp_path / "home"  # nnU-Net's default CT network: about 9 s a window here, long enough to leave it
+    write_task_models(home / "nnunet" / "results", "total", "fast", NNUNET_DEFAULT_CT, seed=5)
+    server = start_server(home, tmp_path / "work")
+    try:
+        server.slots()
+        image = (data_dir / "example_ct_sm.nii.gz").read_bytes()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(server.url + "infer/total_fast", files={"file": ("ct.nii.gz", image)}, timeout=(5, 4))
+        assert server.get("api/v1/info").json()["queue"]["running"] == 1  # it was segmenting when the client left
+        left = time.monotonic()
+        while server.get("api/v1/info").json()["queue"]["running"] and time.monotonic() - left < 3:
+            time.sleep(0.1)
+        assert server.get("api/v1/info").json()["queue"] == {"queued": 0, "running": 0}, server.log()[-3000:]
+    finally:
+        stop_server(server)

@@ -41,8 +41,15 @@ from .service import SegmentationService
 
 MAX_IMAGES = 16
 MAX_FORM_BYTES = 4096
+CLIENT_CHECK_S = 0.5  # how often a waiting infer request looks whether its client is still there
 REQUEST_FIELDS = {"roi_subset", "robust_crop", "body_seg", "force_split", "remove_small_blobs",
                   "higher_order_resampling", "resampling_order", "device", "runtime", "v1_order"}
+
+
+def client_gone(request: web.Request) -> bool:
+    """True once the client's connection is closed (aiohttp drops the transport when the peer has gone)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @dataclass
@@ -141,10 +148,16 @@ class MonaiLabel:
             raise ApiError(400, f"output '{output[:20]}' is not offered here; use image, json or all.")
         started = time.monotonic()
         job = await self._submit(request, *task_speed)
-        while not job.state.finished:
-            await job.changed_since(job.version, 5.0)
         try:
+            while not job.state.finished:
+                if client_gone(request):  # nobody will read the answer: free the engine now
+                    await self.service.cancel(job)
+                    raise ConnectionResetError("the client of this infer request disconnected")
+                await job.changed_since(job.version, CLIENT_CHECK_S)
             return self._answer(job, output, time.monotonic() - started)
+        except asyncio.CancelledError:  # aiohttp cancelled the handler: the client is gone
+            await asyncio.shield(self.service.cancel(job))
+            raise
         finally:
             self.service.store.forget(job)
 
