@@ -237,7 +237,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateRoiList()
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             self.ui.deviceComboBox.currentIndex = max(index, 0)
-            self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
+            self._showRemoteGroup()
         finally:
             self._updatingGui = False
         self._updateApplyButton()
@@ -347,16 +347,20 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDeviceChanged(self) -> None:
         self._setParam("device", self.ui.deviceComboBox.currentData or "auto")
-        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
+        self._showRemoteGroup()
 
     # ---------------------------------------------------------------- remote server
+
+    def _showRemoteGroup(self) -> None:
+        """The server's address and token are shown only while the device is the remote server."""
+        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
 
     def _showRemoteSettings(self) -> None:
         settings = self.logic.remoteServerSettings()
         self.ui.remoteUrlLineEdit.text = settings.url
         self.ui.remoteTokenLineEdit.text = settings.token
         self.ui.remoteTokenNoteLabel.text = self.logic.remoteTokenNote()
-        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
+        self._showRemoteGroup()
 
     def onRemoteSettingsChanged(self) -> None:
         self.logic.setRemoteServerSettings(self.ui.remoteUrlLineEdit.text, self.ui.remoteTokenLineEdit.text)
@@ -761,6 +765,10 @@ class TotalSegmentatorLogic(legacy_api.LegacyLogic, ScriptedLoadableModuleLogic)
         return [*devices.query_devices(devices.slicer_python()), (remote.REMOTE_LABEL, REMOTE_DEVICE)]
 
     # ---------------------------------------------------------------- remote server
+
+    def _showRemoteGroup(self) -> None:
+        """The server's address and token are shown only while the device is the remote server."""
+        self.ui.remoteServerGroupBox.visible = self.ui.deviceComboBox.currentData == REMOTE_DEVICE
 
     @staticmethod
     def remoteServerSettings() -> remote.ServerSettings:

@@ -128,15 +128,23 @@ class SegmentationJob(_Job):
 
     def start(self) -> None:
         """Export the input and launch the engine; returns at once."""
-        self._folder = Path(tempfile.mkdtemp(prefix="TotalSegmentator-", dir=self.temp_root))
+        source = self._export_into_new_folder()
         try:
-            self.on_progress(0.0, "Exporting the input volume")
-            source = self.export_input(self._folder / "input.nrrd")
             self._process = EngineProcess(self._command(source)).start()
         except Exception:
             self._cleanup()
             raise
         self.state = State.RUNNING
+
+    def _export_into_new_folder(self) -> Path:
+        """The job's temporary folder, with the input exported into it (nothing is left when that fails)."""
+        self._folder = Path(tempfile.mkdtemp(prefix="TotalSegmentator-", dir=self.temp_root))
+        try:
+            self.on_progress(0.0, "Exporting the input volume")
+            return self.export_input(self._folder / "input.nrrd")
+        except Exception:
+            self._cleanup()
+            raise
 
     def engine_request(self) -> SegmentationRequest:
         """The request the engine runs: the user's, writing this job's outputs into its temporary folder."""
@@ -183,18 +191,22 @@ class SegmentationJob(_Job):
 
     def _finish(self, state: State) -> None:
         if state is State.SUCCEEDED:
-            given = self.segmentation_node
-            try:
-                self.import_result()
-            except Exception as err:  # the import failed: the node is unchanged (all-or-nothing import)
-                self._discard_created_node(given)
-                self._set_final(State.FAILED, f"Loading the result failed: {err}")
-                return
-            self._set_final(State.SUCCEEDED, "")
+            self._import_and_succeed()
         elif state is State.CANCELLED:
             self._set_final(State.CANCELLED, "Cancelled.")
         else:
             self._set_final(State.FAILED, self._process.error_summary())
+
+    def _import_and_succeed(self) -> None:
+        """Load the finished result; a failed import leaves the node unchanged (all or nothing) and fails the job."""
+        given = self.segmentation_node
+        try:
+            self.import_result()
+        except Exception as err:
+            self._discard_created_node(given)
+            self._set_final(State.FAILED, f"Loading the result failed: {err}")
+            return
+        self._set_final(State.SUCCEEDED, "")
 
     def _discard_created_node(self, given) -> None:
         """Remove an output node this job created for a result that could not be loaded."""

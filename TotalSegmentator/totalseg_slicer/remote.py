@@ -126,15 +126,7 @@ class RemoteSegmentationJob(SegmentationJob):
 
     def start(self) -> None:
         """Export the input and start talking to the server in a thread; returns at once."""
-        import tempfile
-
-        self._folder = Path(tempfile.mkdtemp(prefix="TotalSegmentator-", dir=self.temp_root))
-        try:
-            self.on_progress(0.0, "Exporting the input volume")
-            source = self.export_input(self._folder / "input.nrrd")
-        except Exception:
-            self._cleanup()
-            raise
+        source = self._export_into_new_folder()
         self._started = time.monotonic()
         self.state = State.RUNNING
         self._thread = threading.Thread(target=self._talk, args=(source, self._folder), daemon=True,
@@ -205,14 +197,7 @@ class RemoteSegmentationJob(SegmentationJob):
 
     def _done(self, state: State, message: str) -> None:
         if state is State.SUCCEEDED:
-            given = self.segmentation_node
-            try:
-                self.import_result()
-            except Exception as err:  # nothing half-imported: the import is all or nothing
-                self._discard_created_node(given)
-                self._set_final(State.FAILED, f"Loading the result failed: {err}")
-                return
-            self._set_final(State.SUCCEEDED, "")
+            self._import_and_succeed()
         else:
             self._set_final(state, message)
 
