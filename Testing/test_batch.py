@@ -408,6 +408,25 @@ def test_a_finished_case_computed_again_returns_its_record_and_touches_nothing(h
     assert "not in the manifest" in batch_worker.run_case(case, another_run)["error"]
 
 
+def test_a_finished_case_computed_again_removes_the_attempt_its_killed_worker_left(home, data_dir, tmp_path,
+                                                                                   monkeypatch):
+    """Defect (seen once in CI, test_every_finished_case_stays_done_when_every_worker_is_lost): a worker SIGKILLed
+    after publishing a case but before removing its staging folder left .staging/<case>/attempt-*; the worker that
+    computed the case again returned its record and left that folder behind."""
+    monkeypatch.setattr(batch_worker, "WARM", batch_process.WarmModels())
+    case = batch_cases.find_cases([write_ct(tmp_path / "ct.nii.gz", data_dir, 0)])[0]
+    out = tmp_path / "out"
+    parser = batch_cli.build_parser()
+    request = request_from_args(parser, parser.parse_args(["-i", "x", "-o", "y", *FAST, "--ml"]))
+    this_run = batch_worker.CaseRequest(str(out), request, batch_cli.options_key(request), run_id="run-a")
+    first = batch_worker.run_case(case, this_run)
+    dead = out / batch_worker.STAGING / "ct" / f"{batch_worker.ATTEMPT_PREFIX}killed"
+    dead.mkdir(parents=True)
+    (dead / "attempt.json").write_text('{"pid": 1, "host": "gone"}')
+    assert batch_worker.run_case(case, this_run)["finished"] == first["finished"]
+    assert not (out / batch_worker.STAGING / "ct").exists()
+
+
 def test_with_no_worker_connected_the_run_says_so_and_stops_after_the_bound(dask_programs, data_dir, tmp_path,
                                                                                capsys):
     cohort = tmp_path / "cohort"

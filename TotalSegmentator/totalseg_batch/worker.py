@@ -77,6 +77,8 @@ def run_case(case: Case, request: CaseRequest) -> dict:
     outdir = Path(request.outdir)
     finished = done_in_this_run(case, request)
     if finished is not None:  # Dask lost this case's result with its worker and computes it again: nothing to do
+        # except what a worker killed between publishing it and removing its attempt left behind
+        shutil.rmtree(Path(request.outdir) / STAGING / case.case_id, ignore_errors=True)
         return finished
     too_full = space.shortage(case, request.request, outdir)
     if too_full:
